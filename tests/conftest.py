@@ -1,0 +1,64 @@
+"""Shared fixtures: the Hydra config composed into ``tmp_path``, and the real-MNIST location.
+
+Real MNIST is read from ``$VAE_DATA_DIR`` (CI sets it to ``../shared/datasets``); tests that need it
+are skipped when it is not set. No test touches the network: every composed config has
+``data.download=false``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+
+#: a run small enough for a test: a handful of batches of real MNIST, no progress bar
+TINY = (
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=8",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=4",
+    "data.batch_size=64",
+    "data.eval_batch_size=250",
+    "eval.iw_samples=4",
+)
+
+
+def compose_config(overrides: Sequence[str] = (), *, output_dir: Path | None = None) -> DictConfig:
+    """The config ``python train.py <overrides>`` would run, with the run directory ``output_dir``."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("train", overrides=["data.download=false", *overrides])
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg(*overrides, tiny=True, name="run")``: a composed config writing into tmp_path/name."""
+
+    def make(*overrides: str, tiny: bool = True, name: str = "run") -> DictConfig:
+        base = TINY if tiny else ()
+        return compose_config([*base, *overrides], output_dir=tmp_path / name)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The folder holding ``MNIST/raw/`` (from ``$VAE_DATA_DIR``); skips the test when unset."""
+    root = os.environ.get("VAE_DATA_DIR")
+    if not root or not (Path(root) / "MNIST" / "raw").is_dir():
+        pytest.skip("real MNIST not available: set VAE_DATA_DIR to the folder holding MNIST/raw/")
+    return Path(root)

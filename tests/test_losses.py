@@ -1,0 +1,625 @@
+"""vae.losses against independent references: torch.distributions, scipy, Monte Carlo, hand sums."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+import torch
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+
+from vae.losses import (
+    GaussianKLLoss,
+    cross_entropy,
+    discrete_kl,
+    entropy,
+    gaussian_kl,
+    gaussian_kl_per_dim,
+    mvn_kl,
+    smoothed,
+)
+
+F64 = torch.float64
+LN2 = math.log(2.0)
+
+
+def diag_normal(mu: torch.Tensor, logvar: torch.Tensor) -> Independent:
+    return Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+
+def random_spd_tril(gen: torch.Generator, *batch: int, k: int) -> torch.Tensor:
+    """Cholesky factors of random, well-conditioned SPD matrices A Aᵀ + ½ I."""
+    a = torch.randn(*batch, k, k, generator=gen, dtype=F64)
+    return torch.linalg.cholesky(a @ a.mT + 0.5 * torch.eye(k, dtype=F64))
+
+
+# ------------------------------------------------------------------------------------------
+# gaussian_kl / gaussian_kl_per_dim
+# ------------------------------------------------------------------------------------------
+
+
+def test_gaussian_kl_standard_prior_matches_torch_distributions():
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.randn(64, 8, generator=gen, dtype=F64) * 2
+    logvar = torch.randn(64, 8, generator=gen, dtype=F64) * 2
+    ref = kl_divergence(
+        diag_normal(mu, logvar), diag_normal(torch.zeros_like(mu), torch.zeros_like(mu))
+    )
+    out = gaussian_kl(mu, logvar)
+    assert out.shape == (64,)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    # and the textbook expression, ½ Σ (μ² + σ² − 1 − ln σ²), written out independently
+    by_hand = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum(-1)
+    torch.testing.assert_close(out, by_hand, rtol=1e-12, atol=1e-12)
+
+
+def test_gaussian_kl_broadcast_prior_matches_torch_distributions():
+    gen = torch.Generator().manual_seed(1)
+    mu = torch.randn(32, 5, generator=gen, dtype=F64)
+    logvar = torch.randn(32, 5, generator=gen, dtype=F64)
+    prior_mu = torch.randn(5, generator=gen, dtype=F64)  # one prior for the whole batch
+    prior_logvar = torch.randn(5, generator=gen, dtype=F64)
+    ref = kl_divergence(
+        diag_normal(mu, logvar),
+        diag_normal(prior_mu.expand_as(mu), prior_logvar.expand_as(mu)),
+    )
+    torch.testing.assert_close(
+        gaussian_kl(mu, logvar, prior_mu, prior_logvar), ref, rtol=1e-12, atol=1e-12
+    )
+    # only one of the two prior arguments: the other one is the standard normal's
+    ref_mu_only = kl_divergence(
+        diag_normal(mu, logvar), diag_normal(prior_mu.expand_as(mu), torch.zeros_like(mu))
+    )
+    torch.testing.assert_close(gaussian_kl(mu, logvar, prior_mu=prior_mu), ref_mu_only)
+    ref_lv_only = kl_divergence(
+        diag_normal(mu, logvar), diag_normal(torch.zeros_like(mu), prior_logvar.expand_as(mu))
+    )
+    torch.testing.assert_close(gaussian_kl(mu, logvar, prior_logvar=prior_logvar), ref_lv_only)
+
+
+def test_gaussian_kl_matches_monte_carlo_estimate():
+    gen = torch.Generator().manual_seed(2)
+    mu = torch.tensor([0.5, -1.0, 2.0], dtype=F64)
+    logvar = torch.tensor([-0.5, 0.3, 1.0], dtype=F64)
+    prior_mu = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    prior_logvar = torch.tensor([0.2, -0.3, 0.5], dtype=F64)
+    q, p = diag_normal(mu, logvar), diag_normal(prior_mu, prior_logvar)
+    n = 400_000
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(n, 3, generator=gen, dtype=F64)
+    log_ratio = q.log_prob(z) - p.log_prob(z)  # KL = E_q[log q(z) − log p(z)]
+    estimate = log_ratio.mean()
+    std_error = log_ratio.std() / math.sqrt(n)
+    exact = gaussian_kl(mu, logvar, prior_mu, prior_logvar)
+    assert std_error < 0.01 * exact  # the estimate is informative
+    assert abs(estimate - exact) < 4 * std_error
+
+
+def test_gaussian_kl_of_a_distribution_with_itself_is_zero():
+    gen = torch.Generator().manual_seed(3)
+    mu = torch.randn(10, 4, generator=gen) * 100
+    logvar = torch.randn(10, 4, generator=gen) * 10
+    assert torch.equal(gaussian_kl(mu, logvar, mu, logvar), torch.zeros(10))
+    assert torch.equal(gaussian_kl(torch.zeros(3, 2), torch.zeros(3, 2)), torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("shapes", "expected"),
+    [
+        (((7,), (7,), None, None), ()),
+        (((4, 7), (4, 7), None, None), (4,)),
+        (((4, 7), (1, 7), None, None), (4,)),
+        (((4, 7), (4, 7), (7,), (7,)), (4,)),
+        (((3, 1, 7), (3, 1, 7), (5, 7), (1, 7)), (3, 5)),
+        (((2, 3, 7), (2, 3, 7), (3, 7), None), (2, 3)),
+    ],
+)
+def test_gaussian_kl_shapes_and_broadcasting(shapes, expected):
+    gen = torch.Generator().manual_seed(4)
+    args = [None if s is None else torch.randn(*s, generator=gen) for s in shapes]
+    assert gaussian_kl(*args).shape == expected
+    per_dim = gaussian_kl_per_dim(*args)
+    assert per_dim.shape == (*expected, 7)
+    assert torch.equal(per_dim.sum(-1), gaussian_kl(*args))
+
+
+def test_gaussian_kl_per_dim_matches_univariate_torch_kl():
+    gen = torch.Generator().manual_seed(5)
+    mu, logvar = torch.randn(2, 6, 3, generator=gen, dtype=F64)
+    pmu, plogvar = torch.randn(2, 3, generator=gen, dtype=F64)
+    ref = kl_divergence(
+        Normal(mu, torch.exp(0.5 * logvar)), Normal(pmu, torch.exp(0.5 * plogvar))
+    )  # elementwise, univariate
+    torch.testing.assert_close(gaussian_kl_per_dim(mu, logvar, pmu, plogvar), ref)
+
+
+def test_gaussian_kl_extreme_float32_is_finite_and_accurate():
+    gen = torch.Generator().manual_seed(6)
+    n, d = 1024, 16
+    mu = (torch.rand(n, d, generator=gen) * 2 - 1) * 1e3
+    logvar = (torch.rand(n, d, generator=gen) * 2 - 1) * 30
+    prior_mu = (torch.rand(n, d, generator=gen) * 2 - 1) * 1e3
+    prior_logvar = (torch.rand(n, d, generator=gen) * 2 - 1) * 30
+    # the corners of the box too
+    mu[:4], logvar[:4], prior_mu[:4], prior_logvar[:4] = 1e3, 30.0, -1e3, -30.0
+    mu[4:8], logvar[4:8], prior_mu[4:8], prior_logvar[4:8] = 0.0, -30.0, 0.0, 30.0
+    # Error budget in float32 (u = 2⁻²⁴): e^x − 1 − x loses at most ~20 half-ulps to cancellation
+    # just above the series threshold (|x| = 0.1), so ≤ 1e-6 without a prior. With a prior,
+    # Δ = logvar − prior_logvar is itself rounded (absolute error ≤ |Δ|·u) and exp turns that
+    # into a relative error of up to 60·u ≈ 3.6e-6: the condition number of the problem, the
+    # same as perturbing the float32 inputs by half an ulp.
+    for args, rtol in [((mu, logvar), 1e-6), ((mu, logvar, prior_mu, prior_logvar), 5e-6)]:
+        out = gaussian_kl_per_dim(*args)
+        assert out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+        a = [t.double() for t in args]  # float64 reference from the same (float32) inputs
+        prior = Normal(a[2], torch.exp(0.5 * a[3])) if len(a) == 4 else Normal(0.0, 1.0)
+        ref = kl_divergence(Normal(a[0], torch.exp(0.5 * a[1])), prior)
+        torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=0)
+        torch.testing.assert_close(gaussian_kl(*args).double(), ref.sum(-1), rtol=rtol, atol=0)
+
+
+def test_gaussian_kl_small_logvar_differences_keep_relative_accuracy_in_float32():
+    # exp(Δ) − 1 − Δ ≈ Δ²/2: computed naively in float32 this cancels to garbage for small Δ
+    delta = torch.tensor([3e-1, 1e-1, 9.99e-2, 3e-2, 1e-3, 1e-4, 1e-5, -1e-5, -1e-3, -2e-1])
+    prior_logvar = torch.full_like(delta, 2.5)
+    logvar = prior_logvar + delta
+    mu = torch.zeros_like(delta)
+    out = gaussian_kl_per_dim(mu, logvar, mu, prior_logvar)
+    d64 = logvar.double() - prior_logvar.double()  # the Δ the float32 inputs really hold
+    ref = 0.5 * (torch.expm1(d64) - d64)
+    assert (out > 0).all()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=0)
+
+
+def test_gaussian_kl_gradients_are_finite_at_the_extremes():
+    mu = torch.tensor([[1e3, -1e3, 0.0, 1e-3]], requires_grad=True)
+    logvar = torch.tensor([[30.0, -30.0, 1e-6, -1e-6]], requires_grad=True)
+    prior_mu = torch.tensor([-1e3, 1e3, 0.0, 0.0], requires_grad=True)
+    prior_logvar = torch.tensor([-30.0, 30.0, 0.0, 0.0], requires_grad=True)
+    gaussian_kl(mu, logvar, prior_mu, prior_logvar).sum().backward()
+    for t in (mu, logvar, prior_mu, prior_logvar):
+        assert torch.isfinite(t.grad).all()
+    mu.grad = logvar.grad = None
+    gaussian_kl(mu, logvar).sum().backward()
+    assert torch.isfinite(mu.grad).all()
+    assert torch.isfinite(logvar.grad).all()
+    # d/dlogvar ½(e^lv − 1 − lv) = ½(e^lv − 1), also where the Taylor branch is used
+    torch.testing.assert_close(logvar.grad, 0.5 * torch.expm1(logvar.detach()))
+
+
+def test_gaussian_kl_gradcheck_float64():
+    gen = torch.Generator().manual_seed(7)
+    # include Δ in the series branch (|Δ| < 0.1) and outside it
+    mu = torch.randn(3, 4, generator=gen, dtype=F64).requires_grad_()
+    logvar = torch.tensor(
+        [[0.01, -0.05, 0.5, -2.0], [0.0, 0.3, 1.5, -0.02], [3.0, -3.0, 0.07, 0.2]], dtype=F64
+    ).requires_grad_()
+    prior_mu = torch.randn(4, generator=gen, dtype=F64).requires_grad_()
+    prior_logvar = torch.tensor([0.03, 0.0, -0.4, 0.1], dtype=F64).requires_grad_()
+    assert torch.autograd.gradcheck(gaussian_kl, (mu, logvar, prior_mu, prior_logvar))
+    assert torch.autograd.gradcheck(gaussian_kl, (mu, logvar))
+    assert torch.autograd.gradgradcheck(gaussian_kl, (mu, logvar))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_gaussian_kl_preserves_dtype_and_device(dtype):
+    mu = torch.tensor([[0.5, -0.25]], dtype=dtype)
+    logvar = torch.tensor([[0.1, -0.2]], dtype=dtype)
+    for out in (gaussian_kl(mu, logvar), gaussian_kl(mu, logvar, mu * 0, logvar * 0)):
+        assert out.dtype == dtype
+        assert out.device == mu.device
+        ref = 0.5 * (0.25 + 0.0625 + math.expm1(0.1) - 0.1 + math.expm1(-0.2) + 0.2)
+        assert out.item() == pytest.approx(ref, rel=1e-2 if dtype.itemsize == 2 else 1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gaussian_and_mvn_kl_on_cuda_match_cpu():
+    gen = torch.Generator().manual_seed(8)
+    mu, logvar = torch.randn(2, 16, 4, generator=gen)
+    out = gaussian_kl(mu.cuda(), logvar.cuda(), mu[0].cuda(), logvar[0].cuda())
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), gaussian_kl(mu, logvar, mu[0], logvar[0]))
+    tril = random_spd_tril(gen, 16, k=4).float()
+    torch.testing.assert_close(mvn_kl(mu.cuda(), tril.cuda()).cpu(), mvn_kl(mu, tril))
+
+
+def test_gaussian_kl_argument_errors():
+    with pytest.raises(ValueError, match="do not broadcast"):
+        gaussian_kl(torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(2))
+    with pytest.raises(ValueError, match="at least one"):
+        gaussian_kl(torch.tensor(0.0), torch.tensor(0.0))
+    with pytest.raises(TypeError, match="floating-point"):
+        gaussian_kl(torch.zeros(2, dtype=torch.long), torch.zeros(2))
+
+
+# ------------------------------------------------------------------------------------------
+# mvn_kl
+# ------------------------------------------------------------------------------------------
+
+
+def test_mvn_kl_matches_torch_multivariate_normal():
+    gen = torch.Generator().manual_seed(10)
+    k = 5
+    mu = torch.randn(6, k, generator=gen, dtype=F64)
+    tril = random_spd_tril(gen, 6, k=k)
+    prior_mu = torch.randn(6, k, generator=gen, dtype=F64)
+    prior_tril = random_spd_tril(gen, 6, k=k)
+    ref = kl_divergence(
+        MultivariateNormal(mu, scale_tril=tril), MultivariateNormal(prior_mu, scale_tril=prior_tril)
+    )
+    out = mvn_kl(mu, tril, prior_mu, prior_tril)
+    assert out.shape == (6,)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    # a single prior broadcast against the batch
+    ref1 = kl_divergence(
+        MultivariateNormal(mu, scale_tril=tril),
+        MultivariateNormal(prior_mu[0], scale_tril=prior_tril[0]),
+    )
+    torch.testing.assert_close(mvn_kl(mu, tril, prior_mu[0], prior_tril[0]), ref1)
+    # batch shapes (2, 1) and (3,) broadcast to (2, 3)
+    mu2 = torch.randn(2, 1, k, generator=gen, dtype=F64)
+    tril2 = random_spd_tril(gen, 2, 1, k=k)
+    ref2 = kl_divergence(
+        MultivariateNormal(mu2, scale_tril=tril2),
+        MultivariateNormal(prior_mu[:3], scale_tril=prior_tril[:3]),
+    )
+    out2 = mvn_kl(mu2, tril2, prior_mu[:3], prior_tril[:3])
+    assert out2.shape == (2, 3)
+    torch.testing.assert_close(out2, ref2)
+
+
+def test_mvn_kl_standard_prior_matches_closed_form_with_logdet():
+    gen = torch.Generator().manual_seed(11)
+    k = 4
+    mu = torch.randn(8, k, generator=gen, dtype=F64)
+    tril = random_spd_tril(gen, 8, k=k)
+    cov = tril @ tril.mT
+    # ½ (tr Σ + μᵀμ − k − log det Σ), with log det from torch.logdet of Σ itself
+    ref = 0.5 * (cov.diagonal(dim1=-2, dim2=-1).sum(-1) + (mu**2).sum(-1) - k - torch.logdet(cov))
+    torch.testing.assert_close(mvn_kl(mu, tril), ref, rtol=1e-12, atol=1e-12)
+    ref_torch = kl_divergence(
+        MultivariateNormal(mu, scale_tril=tril),
+        MultivariateNormal(torch.zeros(k, dtype=F64), scale_tril=torch.eye(k, dtype=F64)),
+    )
+    torch.testing.assert_close(mvn_kl(mu, tril), ref_torch)
+    # an explicit identity prior gives the same numbers as None
+    eye = torch.eye(k, dtype=F64)
+    torch.testing.assert_close(mvn_kl(mu, tril, torch.zeros(k, dtype=F64), eye), ref)
+
+
+def test_mvn_kl_with_diagonal_scale_equals_gaussian_kl():
+    gen = torch.Generator().manual_seed(12)
+    mu, logvar, pmu, plogvar = torch.randn(4, 10, 3, generator=gen, dtype=F64)
+    tril = torch.diag_embed(torch.exp(0.5 * logvar))
+    prior_tril = torch.diag_embed(torch.exp(0.5 * plogvar))
+    torch.testing.assert_close(mvn_kl(mu, tril), gaussian_kl(mu, logvar))
+    torch.testing.assert_close(
+        mvn_kl(mu, tril, pmu, prior_tril), gaussian_kl(mu, logvar, pmu, plogvar)
+    )
+
+
+def test_mvn_kl_ignores_upper_triangle_and_is_zero_against_itself():
+    gen = torch.Generator().manual_seed(13)
+    mu = torch.randn(3, 4, generator=gen, dtype=F64)
+    tril = random_spd_tril(gen, 3, k=4)
+    junk = tril + torch.triu(torch.randn(3, 4, 4, generator=gen, dtype=F64), diagonal=1)
+    torch.testing.assert_close(mvn_kl(mu, junk), mvn_kl(mu, tril))
+    torch.testing.assert_close(mvn_kl(mu, tril, mu, tril), torch.zeros(3, dtype=F64))
+
+
+def test_mvn_kl_gradcheck_and_errors():
+    gen = torch.Generator().manual_seed(14)
+    mu = torch.randn(2, 3, generator=gen, dtype=F64).requires_grad_()
+    tril = random_spd_tril(gen, 2, k=3).requires_grad_()
+    pmu = torch.randn(3, generator=gen, dtype=F64).requires_grad_()
+    ptril = random_spd_tril(gen, k=3).requires_grad_()
+    assert torch.autograd.gradcheck(mvn_kl, (mu, tril, pmu, ptril))
+    with pytest.raises(ValueError, match=r"scale_tril must have shape \(\.\.\., 3, 3\)"):
+        mvn_kl(torch.zeros(3), torch.eye(2))
+    with pytest.raises(ValueError, match="prior_mu must have shape"):
+        mvn_kl(torch.zeros(3), torch.eye(3), torch.zeros(2))
+    with pytest.raises(ValueError, match="batch shapes do not broadcast"):
+        mvn_kl(torch.zeros(4, 3), torch.eye(3).expand(5, 3, 3))
+
+
+# ------------------------------------------------------------------------------------------
+# GaussianKLLoss
+# ------------------------------------------------------------------------------------------
+
+
+def test_gaussian_kl_loss_reductions_and_beta():
+    gen = torch.Generator().manual_seed(20)
+    mu, logvar = torch.randn(2, 16, 4, generator=gen)
+    per_sample = gaussian_kl(mu, logvar)
+    torch.testing.assert_close(GaussianKLLoss()(mu, logvar), per_sample.mean())
+    torch.testing.assert_close(GaussianKLLoss(reduction="sum")(mu, logvar), per_sample.sum())
+    torch.testing.assert_close(GaussianKLLoss(reduction="none")(mu, logvar), per_sample)
+    for reduction in ("mean", "sum", "none"):
+        plain = GaussianKLLoss(reduction=reduction)(mu, logvar)
+        torch.testing.assert_close(
+            GaussianKLLoss(reduction=reduction, beta=0.25)(mu, logvar), 0.25 * plain
+        )
+    assert GaussianKLLoss(beta=0.0)(mu, logvar).item() == 0.0
+    # free_bits=0 is exactly the plain KL; β can be changed between steps (annealing)
+    loss = GaussianKLLoss(free_bits=0.0)
+    assert torch.equal(loss(mu, logvar), per_sample.mean())
+    loss.beta = 3.0
+    torch.testing.assert_close(loss(mu, logvar), 3.0 * per_sample.mean())
+
+
+def test_gaussian_kl_loss_free_bits_by_hand():
+    # logvar = 0, so each KL_bj = μ_bj² / 2. Batch of 2, two latent dimensions:
+    #   dim 0: μ = 0.1, 0.3 → KL = 0.005, 0.045 → batch mean 0.025 nats (below λ = 0.5)
+    #   dim 1: μ = 2.0, 4.0 → KL = 2.0, 8.0     → batch mean 5.0 nats   (above λ)
+    # objective = max(0.5, 0.025) + max(0.5, 5.0) = 5.5 nats
+    mu = torch.tensor([[0.1, 2.0], [0.3, 4.0]], dtype=F64, requires_grad=True)
+    logvar = torch.zeros(2, 2, dtype=F64)
+    loss = GaussianKLLoss(free_bits=0.5)
+    value = loss(mu, logvar)
+    assert value.item() == pytest.approx(5.5, abs=1e-12)
+    value.backward()
+    # dimension 0 is clamped at λ: no gradient; dimension 1: d/dμ mean_b(μ²/2) = μ / 2
+    assert torch.equal(mu.grad[:, 0], torch.zeros(2, dtype=F64))
+    torch.testing.assert_close(mu.grad[:, 1], torch.tensor([1.0, 2.0], dtype=F64))
+    sum_loss = GaussianKLLoss(reduction="sum", free_bits=0.5, beta=2.0)
+    assert sum_loss(mu, logvar).item() == pytest.approx(2.0 * 2 * 5.5, abs=1e-12)
+    # λ below every dimension's KL: free bits change nothing
+    torch.testing.assert_close(
+        GaussianKLLoss(free_bits=0.01)(mu, logvar), gaussian_kl(mu, logvar).mean()
+    )
+
+
+def test_gaussian_kl_loss_argument_errors():
+    with pytest.raises(ValueError, match=r"reduction must be one of 'mean', 'sum', 'none'"):
+        GaussianKLLoss(reduction="avg")
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        GaussianKLLoss(beta=-0.1)
+    with pytest.raises(ValueError, match="free_bits must be a finite number >= 0"):
+        GaussianKLLoss(free_bits=-1.0)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        GaussianKLLoss(beta=float("nan"))
+    with pytest.raises(ValueError, match="free_bits > 0 needs reduction='mean' or 'sum'"):
+        GaussianKLLoss(reduction="none", free_bits=0.5)
+    loss = GaussianKLLoss(free_bits=0.5)
+    with pytest.raises(ValueError, match="free_bits > 0 needs"):
+        loss.reduction = "none"
+    with pytest.raises(ValueError, match="beta must be"):
+        loss.beta = -1.0
+    with pytest.raises(TypeError):
+        GaussianKLLoss("sum")  # keyword-only
+    assert "free_bits=0.5" in repr(loss)
+
+
+# ------------------------------------------------------------------------------------------
+# entropy, cross_entropy, discrete_kl
+# ------------------------------------------------------------------------------------------
+
+
+def random_pmfs(rng: np.random.Generator, rows: int, k: int, zero_frac: float) -> np.ndarray:
+    x = rng.random((rows, k)) * (rng.random((rows, k)) >= zero_frac)
+    x[:, 0] += 0.1  # at least one nonzero per row
+    return x / x.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("base", [math.e, 2, 10, 3.7])
+def test_discrete_functions_match_scipy_on_batches_with_zeros(base):
+    rng = np.random.default_rng(30)
+    p = random_pmfs(rng, 50, 7, zero_frac=0.3)
+    q = random_pmfs(rng, 50, 7, zero_frac=0.0)  # q > 0 everywhere: everything finite
+    q[::2] = np.where(p[::2] == 0, 0.0, q[::2])  # q = 0 only where p = 0 too: still finite
+    q /= q.sum(-1, keepdims=True)
+    tp, tq = torch.from_numpy(p), torch.from_numpy(q)
+    ln_b = math.log(base)
+    h_ref = scipy.stats.entropy(p, base=base, axis=-1)
+    kl_ref = scipy.special.rel_entr(p, q).sum(-1) / ln_b
+    ce_ref = -scipy.special.xlogy(p, q).sum(-1) / ln_b
+    np.testing.assert_allclose(entropy(tp, base=base).numpy(), h_ref, rtol=1e-12)
+    np.testing.assert_allclose(discrete_kl(tp, tq, base=base).numpy(), kl_ref, rtol=1e-10)
+    np.testing.assert_allclose(cross_entropy(tp, tq, base=base).numpy(), ce_ref, rtol=1e-12)
+    # scipy.stats.entropy(p, q) is its KL; and KL = H(p, q) − H(p)
+    np.testing.assert_allclose(
+        discrete_kl(tp, tq, base=base).numpy(),
+        scipy.stats.entropy(p, q, base=base, axis=-1),
+        rtol=1e-10,
+    )
+    np.testing.assert_allclose(
+        discrete_kl(tp, tq, base=base).numpy(), ce_ref - h_ref, rtol=1e-8, atol=1e-12
+    )
+    # along another dimension
+    np.testing.assert_allclose(
+        discrete_kl(tp.T, tq.T, base=base, dim=0).numpy(), kl_ref, rtol=1e-10
+    )
+
+
+def test_discrete_kl_is_infinite_where_q_misses_support_of_p():
+    p = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]])
+    q = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.0, 0.5]])
+    ref = scipy.special.rel_entr(p.numpy(), q.numpy()).sum(-1)
+    assert np.isinf(ref).all()
+    assert torch.isinf(discrete_kl(p, q)).all()
+    assert (discrete_kl(p, q) > 0).all()
+    assert torch.isinf(cross_entropy(p, q)).all()
+    # the other direction is finite: q's zeros meet p's zeros or p's mass
+    assert discrete_kl(q[:1], p[:1]).item() == pytest.approx(math.log(2.0))
+
+
+def test_abcd_coding_worked_example_in_bits():
+    # p = (1/2, 1/4, 1/8, 1/8), q uniform over 4 symbols:
+    # H(p) = ½·1 + ¼·2 + ⅛·3 + ⅛·3 = 0.5 + 0.5 + 0.375 + 0.375 = 1.75 bits
+    # H(p, q) = Σ p · log2 4 = 2 bits; KL = 2 − 1.75 = 0.25 bits (not 0.125)
+    p = torch.tensor([0.5, 0.25, 0.125, 0.125], dtype=F64)
+    q = torch.full((4,), 0.25, dtype=F64)
+    assert entropy(p, base=2).item() == pytest.approx(1.75, abs=1e-15)
+    assert cross_entropy(p, q, base=2).item() == pytest.approx(2.0, abs=1e-15)
+    assert discrete_kl(p, q, base=2).item() == pytest.approx(0.25, abs=1e-15)
+    assert discrete_kl(p, p, base=2).item() == 0.0
+    assert scipy.stats.entropy(p.numpy(), q.numpy(), base=2) == pytest.approx(0.25)
+    # base conversion: nats = bits · ln 2, hartleys = bits · log10 2
+    assert discrete_kl(p, q).item() == pytest.approx(0.25 * LN2, rel=1e-14)
+    assert entropy(p).item() == pytest.approx(1.75 * LN2, rel=1e-14)
+    assert entropy(p, base=10).item() == pytest.approx(1.75 * math.log10(2), rel=1e-14)
+
+
+def test_discrete_kl_of_p_with_itself_is_exactly_zero():
+    rng = np.random.default_rng(31)
+    p = torch.from_numpy(random_pmfs(rng, 20, 9, zero_frac=0.4)).float()
+    assert torch.equal(discrete_kl(p, p), torch.zeros(20))
+
+
+def test_discrete_kl_is_not_symmetric():
+    p = torch.tensor([0.9, 0.1], dtype=F64)
+    q = torch.tensor([0.5, 0.5], dtype=F64)
+    pq, qp = discrete_kl(p, q).item(), discrete_kl(q, p).item()
+    assert pq == pytest.approx(scipy.special.rel_entr([0.9, 0.1], [0.5, 0.5]).sum(), rel=1e-14)
+    assert qp == pytest.approx(scipy.special.rel_entr([0.5, 0.5], [0.9, 0.1]).sum(), rel=1e-14)
+    # 0.9 ln 1.8 + 0.1 ln 0.2 ≈ 0.3681 nats vs 0.5 ln(5/9) + 0.5 ln 5 ≈ 0.5108 nats
+    assert pq == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2), rel=1e-14)
+    assert qp == pytest.approx(0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(5.0), rel=1e-14)
+    assert abs(pq - qp) > 0.1
+
+
+def test_discrete_kl_gradient_wrt_q_is_finite_where_p_is_zero():
+    p = torch.tensor([0.0, 0.25, 0.75], dtype=F64)
+    logits = torch.tensor([0.3, -0.2, 0.5], dtype=F64, requires_grad=True)
+    discrete_kl(p, torch.softmax(logits, -1)).backward()
+    assert torch.isfinite(logits.grad).all()
+    # d KL / d logits = softmax(logits) − p for a softmax model
+    torch.testing.assert_close(logits.grad, torch.softmax(logits.detach(), -1) - p)
+    q = torch.tensor([0.2, 0.3, 0.5], dtype=F64, requires_grad=True)
+    p0 = torch.tensor([0.0, 0.5, 0.5], dtype=F64)
+    assert torch.autograd.gradcheck(lambda q: discrete_kl(p0, q, validate=False), (q,))
+    assert torch.autograd.gradcheck(lambda q: cross_entropy(p0, q, validate=False), (q,))
+
+
+def test_discrete_functions_preserve_dtype():
+    p = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float16)
+    for out in (entropy(p, base=2), cross_entropy(p, p), discrete_kl(p, p)):
+        assert out.dtype == torch.float16
+    assert entropy(p, base=2).item() == pytest.approx(1.5, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("p", "q", "message"),
+    [
+        ([0.5, -0.1, 0.6], [0.3, 0.3, 0.4], "p has negative entries"),
+        ([0.5, 0.5, 0.0], [0.3, -0.3, 1.0], "q has negative entries"),
+        ([0.5, 0.4, 0.0], [0.3, 0.3, 0.4], "p does not sum to 1 along dim=-1"),
+        ([0.5, 0.5, 0.0], [0.3, 0.3, 0.5], "q does not sum to 1"),
+        ([0.5, float("nan"), 0.5], [0.3, 0.3, 0.4], "p contains NaN"),
+        ([0.5, 0.5, 0.0], [float("inf"), 0.3, 0.4], "q contains infinite entries"),
+        ([0.5, 0.5], [0.3, 0.3, 0.4], r"same shape \(no broadcasting\), got \(2,\) and \(3,\)"),
+        ([], [], "p is empty"),
+    ],
+)
+def test_discrete_kl_input_errors(p, q, message):
+    with pytest.raises(ValueError, match=message):
+        discrete_kl(torch.tensor(p), torch.tensor(q))
+
+
+def test_discrete_validation_details():
+    ok = torch.tensor([0.25, 0.25, 0.5])
+    with pytest.raises(ValueError, match="p does not sum to 1"):
+        entropy(torch.tensor([0.3, 0.3, 0.3]))
+    with pytest.raises(ValueError, match="at least one dimension"):
+        entropy(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="p is empty"):
+        entropy(torch.zeros(3, 0))
+    with pytest.raises(ValueError, match=r"same shape"):  # no silent broadcasting
+        cross_entropy(ok.expand(2, 3), ok)
+    with pytest.raises(TypeError, match="floating-point"):
+        entropy(torch.tensor([1, 0]))
+    for bad_base in (1, 0, -2.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="base must be a finite number > 0 and != 1"):
+            entropy(ok, base=bad_base)
+    # the sum tolerance is √eps of the dtype: 1e-5 off passes in float32, fails in float64
+    near = torch.tensor([0.5, 0.5 + 1e-5], dtype=F64)
+    assert torch.isfinite(entropy(near.float()))
+    with pytest.raises(ValueError, match=r"max \|sum - 1\| = 1e-05 exceeds the tolerance 1.5e-08"):
+        entropy(near)
+    # validate=False skips the check (the caller vouches for the input)
+    assert entropy(near, validate=False).item() == pytest.approx(
+        -float(scipy.special.xlogy(near.numpy(), near.numpy()).sum())
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# smoothed
+# ------------------------------------------------------------------------------------------
+
+
+def test_smoothed_hand_example_over_abcd():
+    # P = (a 3/5, b 1/5, c 1/5, d 0), Q = (a 5/9, b 3/9, c 0, d 1/9), ε = 1e-3.
+    # P has one zero (d): d gets ε, a, b, c each give up ε/3. Q has one zero (c) likewise.
+    eps = 1e-3
+    p = torch.tensor([3 / 5, 1 / 5, 1 / 5, 0.0], dtype=F64)
+    q = torch.tensor([5 / 9, 3 / 9, 0.0, 1 / 9], dtype=F64)
+    assert torch.isinf(discrete_kl(p, q))
+    ps, qs = smoothed(p, q, eps)
+    p_hand = [3 / 5 - eps / 3, 1 / 5 - eps / 3, 1 / 5 - eps / 3, eps]
+    q_hand = [5 / 9 - eps / 3, 3 / 9 - eps / 3, eps, 1 / 9 - eps / 3]
+    torch.testing.assert_close(ps, torch.tensor(p_hand, dtype=F64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(qs, torch.tensor(q_hand, dtype=F64), rtol=0, atol=1e-15)
+    assert ps.sum().item() == pytest.approx(1.0, abs=1e-15)
+    assert qs.sum().item() == pytest.approx(1.0, abs=1e-15)
+    kl_hand = sum(a * math.log(a / b) for a, b in zip(p_hand, q_hand, strict=True))
+    kl = discrete_kl(ps, qs).item()
+    assert math.isfinite(kl)
+    assert kl == pytest.approx(kl_hand, rel=1e-13)
+    assert kl == pytest.approx(scipy.stats.entropy(p_hand, q_hand), rel=1e-13)
+
+
+def test_smoothed_batched_along_dim():
+    rng = np.random.default_rng(40)
+    p = torch.from_numpy(random_pmfs(rng, 30, 6, zero_frac=0.4))
+    q = torch.from_numpy(random_pmfs(rng, 30, 6, zero_frac=0.4))
+    eps = 1e-4
+    ps, qs = smoothed(p.T, q.T, eps, dim=0)  # symbols along dim 0
+    ps, qs = ps.T, qs.T
+    for x, xs in ((p, ps), (q, qs)):
+        torch.testing.assert_close(xs.sum(-1), torch.ones(30, dtype=F64), rtol=0, atol=1e-14)
+        assert (xs > 0).all()
+        xn = x.numpy()
+        n_zero = (xn == 0).sum(-1, keepdims=True)
+        n_pos = 6 - n_zero
+        expected = np.where(xn == 0, eps, xn - eps * n_zero / n_pos)  # row by row, by hand
+        np.testing.assert_allclose(xs.numpy(), expected, rtol=0, atol=1e-16)
+    assert torch.isfinite(discrete_kl(ps, qs)).all()
+    # a vector without zeros is left alone
+    full = torch.tensor([0.2, 0.8], dtype=F64)
+    assert torch.equal(smoothed(full, full)[0], full)
+
+
+def test_smoothed_errors():
+    p = torch.tensor([0.98, 0.02, 0.0, 0.0])
+    q = torch.tensor([0.25, 0.25, 0.25, 0.25])
+    # p's nonzero entries give up ε·2/2 = ε each: 0.02 − ε must stay > 0, so ε < 0.02
+    with pytest.raises(ValueError, match=r"eps=0\.05 is too large for p.*eps must be < 0\.02"):
+        smoothed(p, q, 0.05)
+    assert (smoothed(p, q, 0.019)[0] > 0).all()
+    for bad in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+            smoothed(p, q, bad)
+    with pytest.raises(ValueError, match="same shape"):
+        smoothed(p, q[:3])
+
+
+def test_public_api_is_importable_from_the_package_without_heavy_imports():
+    # a fresh interpreter, so that modules imported by other tests do not hide anything
+    code = (
+        "import sys\n"
+        "from vae import gaussian_kl, GaussianKLLoss, discrete_kl, mvn_kl, entropy, "
+        "cross_entropy, smoothed, gaussian_kl_per_dim\n"
+        "import vae.losses\n"
+        "assert gaussian_kl is vae.losses.gaussian_kl\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'lightning', 'pytorch_lightning', 'torchvision', 'hydra', 'omegaconf', 'matplotlib'} "
+        "or m in {'vae.data', 'vae.model', 'vae.module', 'vae.training'})\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,128 @@
+"""Short real training runs through ``train(cfg)``: files written, loss lowered, resume, bad values."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from vae.config import ConfigError
+from vae.module import VAEModule
+from vae.training import build_module, train
+
+pytestmark = pytest.mark.usefixtures("mnist_root")
+
+
+def _event_scalars(run_dir: Path) -> dict[str, list[float]]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float], float]:
+    """One tiny real run (2 epochs × 8 batches) shared by the tests below; also the loss before it."""
+    from conftest import TINY, compose_config
+
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    cfg = compose_config([*TINY, "trainer.max_epochs=2"], output_dir=run_dir)
+    # the untrained model on the validation images: same seed, so the same initial weights
+    L.seed_everything(cfg.seed, verbose=False)
+    dm = instantiate(cfg.data)
+    untrained = build_module(cfg, dm.dims)
+    dm.setup("fit")
+    x, _ = next(iter(dm.val_dataloader()))
+    x = dm.to_float(x, train=False) if hasattr(dm, "to_float") else x.float() / 255
+    with torch.no_grad():
+        loss_before = untrained.elbo_terms(x)["loss"].mean().item()
+    metrics = train(cfg)
+    return run_dir, metrics, loss_before
+
+
+def test_run_writes_its_files(tiny_run: tuple[Path, dict[str, float], float]) -> None:
+    run_dir, metrics, _ = tiny_run
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "checkpoints").glob("best-*.ckpt")), "no best checkpoint"
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["units"] == "nats per image"
+    for key in ("test/loss", "test/recon", "test/kl", "test/nll_iw", "val/loss"):
+        assert math.isfinite(summary["metrics"][key]), key
+        assert summary["metrics"][key] == pytest.approx(metrics[key])
+    # −ELBO = recon + KL, per image
+    m = summary["metrics"]
+    assert m["test/loss"] == pytest.approx(m["test/recon"] + m["test/kl"], rel=1e-5)
+    scalars = _event_scalars(run_dir)
+    for tag in ("train/loss_step", "train/loss_epoch", "val/loss", "val/kl", "val/active_units"):
+        assert tag in scalars, f"{tag} missing from TensorBoard: {sorted(scalars)}"
+    assert "val/kl_dim/0" in scalars
+    assert "val/kl_dim/1" in scalars
+
+
+def test_training_lowers_the_loss(tiny_run: tuple[Path, dict[str, float], float]) -> None:
+    _, metrics, loss_before = tiny_run
+    # untrained decoder: every pixel ≈ Bernoulli(½) → ≈ 784 · ln 2 ≈ 543 nats per image
+    assert loss_before > 400
+    assert metrics["val/loss"] < loss_before - 100, (metrics["val/loss"], loss_before)
+
+
+def test_checkpoint_reloads_a_working_model(tiny_run: tuple[Path, dict[str, float], float]) -> None:
+    run_dir, _, _ = tiny_run
+    model = VAEModule.load_from_checkpoint(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu"
+    )
+    model.eval()
+    x = torch.rand(5, 1, 28, 28)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (5, 2)
+    images = model.decode(mu)
+    assert images.shape == (5, 1, 28, 28)
+    assert images.min() >= 0
+    assert images.max() <= 1
+    samples = model.sample(7, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (7, 1, 28, 28)
+    again = model.sample(7, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(samples, again)
+
+
+def test_resume_continues_from_the_checkpoint_step(
+    tiny_run: tuple[Path, dict[str, float], float], make_cfg
+) -> None:
+    run_dir, _, _ = tiny_run
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 16
+    assert ckpt["epoch"] == 1
+    cfg = make_cfg("trainer.max_epochs=3", f"ckpt_path={last}", "test=false", name="resumed")
+    train(cfg)
+    resumed = torch.load(cfg.paths.output_dir + "/checkpoints/last.ckpt", weights_only=False)
+    # one more epoch of 8 batches on top of the 16 steps already taken
+    assert resumed["global_step"] == 24
+    assert resumed["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.latent_dim=0", "model.latent_dim=0: expected an integer ≥ 1"),
+        ("model.latent_dim=-3", "model.latent_dim=-3: expected an integer ≥ 1"),
+        ("model.latent_dim=abc", "model.latent_dim='abc': expected an integer ≥ 1"),
+        ("model.latent_dim=2.5", "model.latent_dim=2.5: expected an integer ≥ 1"),
+        ("model.likelihood=poisson", "model.likelihood='poisson': expected one of bernoulli"),
+        ("optim.lr=-1", "optim.lr=-1: expected a finite number > 0"),
+        ("model.beta=-0.5", "model.beta=-0.5: expected a finite number ≥ 0"),
+        ("eval.iw_samples=0", "eval.iw_samples=0: expected an integer ≥ 1"),
+    ],
+)
+def test_bad_values_fail_before_training(make_cfg, override: str, message: str) -> None:
+    cfg = make_cfg(override)
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value).startswith(message), str(err.value)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()

@@ -1,0 +1,92 @@
+"""Observation models p(x | z) for images in [0, 1].
+
+Each likelihood turns the decoder's output ``out`` (same shape as the images, ``(B, C, H, W)``) into
+
+- ``nll(out, x)``: the negative log-likelihood −log p(x | z) in **nats per image**, summed over every
+  pixel, shape ``(B,)`` (no reduction over the batch: the Lightning module decides the mean);
+- ``mean(out)``: the decoder mean E[x | z] clipped to [0, 1], the image shown in plots.
+
+``bernoulli`` is the default and the number the literature reports for MNIST with grey levels as
+targets; it is not a normalised density for non-binary data (Loaiza-Ganem & Cunningham 2019), which is
+what ``continuous_bernoulli`` fixes. ``gaussian`` is a density on ℝ^D, so its nats are not comparable
+with the two others.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import ContinuousBernoulli
+
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+
+
+def _sum_pixels(t: Tensor) -> Tensor:
+    # (B, C, H, W) -> (B,)
+    return t.flatten(start_dim=1).sum(dim=1)
+
+
+class BernoulliLikelihood(nn.Module):
+    """p(x | z) = Π_i Bern(x_i; σ(out_i)); −log p = BCE-with-logits, computed from logits for stability."""
+
+    def nll(self, out: Tensor, x: Tensor) -> Tensor:
+        # log-sum-exp form inside binary_cross_entropy_with_logits: finite for any logit
+        return _sum_pixels(F.binary_cross_entropy_with_logits(out, x, reduction="none"))
+
+    def mean(self, out: Tensor) -> Tensor:
+        return torch.sigmoid(out)
+
+
+class ContinuousBernoulliLikelihood(nn.Module):
+    """The normalised density on [0, 1]: CB(x; λ) = C(λ) λ^x (1 − λ)^(1−x), λ = σ(out).
+
+    Loaiza-Ganem & Cunningham 2019, eq. 7; ``torch.distributions.ContinuousBernoulli`` supplies log C(λ)
+    (with its Taylor expansion near λ = ½). Its mean differs from λ and is what the plots show.
+    """
+
+    def nll(self, out: Tensor, x: Tensor) -> Tensor:
+        dist = ContinuousBernoulli(logits=out, validate_args=False)
+        return -_sum_pixels(dist.log_prob(x))
+
+    def mean(self, out: Tensor) -> Tensor:
+        return ContinuousBernoulli(logits=out, validate_args=False).mean
+
+
+class GaussianLikelihood(nn.Module):
+    """p(x | z) = Π_i N(x_i; out_i, σ²) with σ fixed (``learn_std=False``) or one learned scalar σ.
+
+    −log p = Σ_i [ (x_i − out_i)² / (2σ²) + log σ + ½ log 2π ]; σ is stored as log σ (unconstrained).
+    """
+
+    def __init__(self, *, std: float = 1.0, learn_std: bool = False) -> None:
+        super().__init__()
+        if not std > 0:
+            raise ValueError(f"model.gaussian_std must be > 0, got {std}")
+        log_std = torch.tensor(math.log(std))
+        if learn_std:
+            self.log_std = nn.Parameter(log_std)
+        else:
+            self.register_buffer("log_std", log_std)
+
+    def nll(self, out: Tensor, x: Tensor) -> Tensor:
+        log_std = self.log_std
+        sq = (x - out).square() * torch.exp(-2.0 * log_std)  # (x − μ)² / σ²
+        per_pixel = 0.5 * sq + log_std + 0.5 * math.log(2.0 * math.pi)
+        return _sum_pixels(per_pixel)
+
+    def mean(self, out: Tensor) -> Tensor:
+        return out.clamp(0.0, 1.0)
+
+
+def build_likelihood(name: str, *, gaussian_std: float = 1.0, learn_std: bool = False) -> nn.Module:
+    """The likelihood called ``name`` (one of :data:`LIKELIHOODS`)."""
+    if name == "bernoulli":
+        return BernoulliLikelihood()
+    if name == "continuous_bernoulli":
+        return ContinuousBernoulliLikelihood()
+    if name == "gaussian":
+        return GaussianLikelihood(std=gaussian_std, learn_std=learn_std)
+    raise ValueError(f"model.likelihood={name!r} is not one of {', '.join(LIKELIHOODS)}")

@@ -1,0 +1,223 @@
+"""The networks: encoders q(z | x), decoders p(x | z) and the :class:`VAE` that ties them together.
+
+Plain ``nn.Module``s with every size taken from arguments (the Hydra ``model`` config); the Lightning
+wrapper lives in :mod:`vae.module`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from vae.likelihoods import build_likelihood
+
+ARCHITECTURES = ("mlp", "conv")
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def soft_clamp(x: Tensor, bound: float) -> Tensor:
+    """bound · tanh(x / bound): the identity near 0, smoothly saturating at ±bound (finite gradients)."""
+    return bound * torch.tanh(x / bound)
+
+
+def mlp(sizes: Sequence[int], activation: str, *, final_activation: bool = False) -> nn.Sequential:
+    """Linear layers ``sizes[0] → sizes[1] → …`` with ``activation`` between them."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(n_in, n_out))
+        if final_activation or i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class GaussianHead(nn.Module):
+    """Features ``(B, F)`` → (mu, logvar), each ``(B, latent_dim)``.
+
+    logvar is soft-clamped to [−logvar_bound, logvar_bound] (σ ∈ [e^{−b/2}, e^{b/2}]): the identity in the
+    range a trained encoder uses, and it keeps exp(logvar) finite if an update throws a unit far out.
+    """
+
+    def __init__(self, in_features: int, latent_dim: int, *, logvar_bound: float) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_features, 2 * latent_dim)
+        self.logvar_bound = logvar_bound
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        mu, raw_logvar = self.proj(h).chunk(2, dim=-1)  # (B, 2d) -> 2 × (B, d)
+        return mu, soft_clamp(raw_logvar, self.logvar_bound)
+
+
+class MLPEncoder(nn.Module):
+    def __init__(
+        self,
+        *,
+        image_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        activation: str,
+        logvar_bound: float,
+    ) -> None:
+        super().__init__()
+        n_pixels = int(torch.tensor(image_shape).prod())
+        self.body = mlp([n_pixels, *hidden_dims], activation, final_activation=True)
+        self.head = GaussianHead(hidden_dims[-1], latent_dim, logvar_bound=logvar_bound)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.body(x.flatten(start_dim=1)))  # (B, C, H, W) -> (B, C·H·W)
+
+
+class MLPDecoder(nn.Module):
+    def __init__(
+        self,
+        *,
+        image_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        activation: str,
+    ) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        n_pixels = int(torch.tensor(image_shape).prod())
+        self.net = mlp([latent_dim, *reversed(hidden_dims), n_pixels], activation)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).unflatten(-1, self.image_shape)  # (B, C·H·W) -> (B, C, H, W)
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 3×3 convolutions (28 → 14 → 7 for two stages), then an MLP to (mu, logvar)."""
+
+    def __init__(
+        self,
+        *,
+        image_shape: Sequence[int],
+        channels: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        activation: str,
+        logvar_bound: float,
+    ) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([c, *channels[:-1]], channels, strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), ACTIVATIONS[activation]()]
+            h, w = (h + 1) // 2, (w + 1) // 2
+        self.conv = nn.Sequential(*layers)
+        self.body = mlp([channels[-1] * h * w, *hidden_dims], activation, final_activation=True)
+        self.head = GaussianHead(hidden_dims[-1], latent_dim, logvar_bound=logvar_bound)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.body(self.conv(x).flatten(start_dim=1)))  # (B, C', h, w) -> (B, C'hw)
+
+
+class ConvDecoder(nn.Module):
+    """The mirror of :class:`ConvEncoder`: MLP, then stride-2 transposed convolutions back to the image."""
+
+    def __init__(
+        self,
+        *,
+        image_shape: Sequence[int],
+        channels: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        activation: str,
+    ) -> None:
+        super().__init__()
+        c, h, w = image_shape
+        sizes = [(h, w)]
+        for _ in channels:
+            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+        self.start_shape = (channels[-1], *sizes[-1])
+        n_start = channels[-1] * sizes[-1][0] * sizes[-1][1]
+        self.body = mlp(
+            [latent_dim, *reversed(hidden_dims), n_start], activation, final_activation=True
+        )
+        layers: list[nn.Module] = []
+        rev = list(reversed(channels))
+        for i, (c_in, c_out) in enumerate(zip(rev, [*rev[1:], c], strict=True)):
+            target = sizes[len(channels) - 1 - i]
+            current = sizes[len(channels) - i]
+            # output_padding makes 7 -> 14 -> 28 exact (and 4 -> 7 for odd sizes)
+            pad = (target[0] - (2 * current[0] - 1), target[1] - (2 * current[1] - 1))
+            layers.append(
+                nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)
+            )
+            if i < len(channels) - 1:
+                layers.append(ACTIVATIONS[activation]())
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.body(z).unflatten(-1, self.start_shape)  # (B, C'hw) -> (B, C', h, w)
+        return self.deconv(h)
+
+
+class VAE(nn.Module):
+    """Encoder q(z | x) = N(mu, diag exp(logvar)), decoder output, and the likelihood p(x | z)."""
+
+    def __init__(self, *, encoder: nn.Module, decoder: nn.Module, likelihood: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Images ``(B, C, H, W)`` in [0, 1] → (mu, logvar), each ``(B, latent_dim)``."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Latent codes ``(B, latent_dim)`` → decoder output ``(B, C, H, W)`` (logits or mean)."""
+        return self.decoder(z)
+
+    @staticmethod
+    def reparameterize(mu: Tensor, logvar: Tensor, *, n_samples: int | None = None) -> Tensor:
+        """z = mu + σ ⊙ ε, ε ~ N(0, I) (Kingma & Welling 2013, eq. 10).
+
+        Shapes: mu, logvar ``(B, d)`` → z ``(B, d)``, or ``(n_samples, B, d)`` when ``n_samples`` is given.
+        """
+        std = torch.exp(0.5 * logvar)
+        shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
+        eps = torch.randn(shape, dtype=mu.dtype, device=mu.device)
+        return mu + std * eps
+
+
+def build_vae(
+    *,
+    image_shape: Sequence[int],
+    architecture: str = "mlp",
+    latent_dim: int = 2,
+    hidden_dims: Sequence[int] = (512, 256),
+    channels: Sequence[int] = (32, 64),
+    activation: str = "relu",
+    logvar_bound: float = 10.0,
+    likelihood: str = "bernoulli",
+    gaussian_std: float = 1.0,
+    learn_std: bool = False,
+) -> VAE:
+    """Build the :class:`VAE` described by the ``model`` config (see ``configs/model/``)."""
+    common = {
+        "image_shape": tuple(image_shape),
+        "hidden_dims": list(hidden_dims),
+        "latent_dim": latent_dim,
+        "activation": activation,
+    }
+    if architecture == "mlp":
+        encoder = MLPEncoder(**common, logvar_bound=logvar_bound)
+        decoder = MLPDecoder(**common)
+    elif architecture == "conv":
+        encoder = ConvEncoder(**common, channels=list(channels), logvar_bound=logvar_bound)
+        decoder = ConvDecoder(**common, channels=list(channels))
+    else:
+        raise ValueError(f"model.architecture={architecture!r} is not one of {ARCHITECTURES}")
+    lik = build_likelihood(likelihood, gaussian_std=gaussian_std, learn_std=learn_std)
+    return VAE(encoder=encoder, decoder=decoder, likelihood=lik)

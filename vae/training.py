@@ -1,0 +1,129 @@
+"""``train(cfg)``: build everything from the composed Hydra config, fit, test, write the run's files.
+
+``train.py`` at the repository root is the thin ``@hydra.main`` wrapper around :func:`run_cli`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vae.checkpointing import AtomicCheckpointIO, check_resumable
+from vae.config import ConfigError, UserError, validate_config
+from vae.module import VAEModule
+
+
+def _ensure_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"paths.output_dir={str(directory)!r}: not writable ({err.strerror}); "
+            "choose another location with paths.log_dir=<dir>"
+        ) from None
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group that has a ``_target_`` (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> VAEModule:
+    """The :class:`VAEModule` described by ``cfg.model``, ``cfg.optim`` and ``cfg.eval``."""
+    return VAEModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        evaluation=OmegaConf.to_container(cfg.eval, resolve=True),
+        image_shape=tuple(image_shape),
+    )
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (and test) the model described by ``cfg``; return the final metrics (nats per image).
+
+    Writes into ``cfg.paths.output_dir``: ``config.yaml`` (the composed config), ``tensorboard/``,
+    ``checkpoints/`` (``last.ckpt`` and the best by ``val/loss``) and ``metrics.json``.
+    """
+    validate_config(cfg)
+    if cfg.get("ckpt_path"):
+        check_resumable(cfg.ckpt_path, OmegaConf.to_container(cfg.model, resolve=True))
+    output_dir = Path(cfg.paths.output_dir)
+    _ensure_writable(output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, datamodule.dims)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+    if trainer.is_global_zero:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - start
+
+    metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")}
+    if cfg.get("test"):
+        # the final weights: the model the figures show (best-by-val/loss is saved as well)
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics.update(_scalars(results[0]))
+
+    if trainer.is_global_zero:
+        summary = {
+            "metrics": metrics,
+            "units": "nats per image",
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "fit_seconds": round(fit_seconds, 2),
+            "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
+        }
+        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for logger in trainer.loggers:
+            flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+            logger.log_hyperparams(flat, metrics={f"hparams/{k}": v for k, v in metrics.items()})
+            logger.finalize("success")
+        print(f"Run directory: {output_dir.resolve()}")
+    return metrics
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"latent_dim": 2}}`` → ``{"model.latent_dim": 2}``; lists become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)) or value is None:
+            flat[name] = str(value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def run_cli(cfg: DictConfig) -> float | None:
+    """Run :func:`train` for the command line: a user error becomes one line on stderr and exit 2."""
+    try:
+        metrics = train(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return metrics.get("test/loss", metrics.get("val/loss"))

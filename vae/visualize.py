@@ -1,0 +1,224 @@
+"""The figures of a trained model, and ``python -m vae.visualize`` to redraw them from a checkpoint.
+
+:func:`render_figures` is used both by :class:`vae.callbacks.LatentVisualizer` during training and by
+the command line below, so a re-plot is the same picture::
+
+    python -m vae.visualize logs/train/runs/<run>            # the run's last.ckpt → <run>/*.png
+    python -m vae.visualize path/to/model.ckpt --out figs --grid-size 30 --max-points 5000
+
+Figures (all from the **test** split, posterior means E[z | x] for the scatter):
+
+- ``latent_space``: the means coloured by class (PCA projection when latent_dim > 2);
+- ``manifold``: decoder means over an n×n grid spaced by the prior's inverse CDF
+  (Kingma & Welling 2013, fig. 4); over the first two principal directions when latent_dim > 2;
+- ``reconstructions``: test images above their reconstructions (decoder mean of the posterior mean);
+- ``samples``: decoder means of z ~ N(0, I) (fixed seed: the same z every epoch);
+- ``interpolation``: straight latent paths from the first test image of digit k to one of digit k+1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from vae import plots
+
+FIGURES = ("latent_space", "manifold", "reconstructions", "samples", "interpolation")
+
+
+@dataclass(frozen=True)
+class FigureOptions:
+    """What :func:`render_figures` draws; the defaults are the callback's config defaults."""
+
+    grid_size: int = 20
+    max_points: int | None = None
+    n_samples: int = 64
+    n_reconstructions: int = 32
+    interpolation_steps: int = 10
+    projection: str = "pca"  # pca | axes (the first two latent coordinates), for latent_dim > 2
+    seed: int = 0
+
+
+@torch.no_grad()
+def encode_means(module: Any, images: Tensor, *, batch_size: int = 1000) -> Tensor:
+    """Posterior means ``(N, d)`` of float images ``(N, C, H, W)``, in batches, on the module's device."""
+    out = [
+        module.encode(images[i : i + batch_size].to(module.device))[0].float().cpu()
+        for i in range(0, images.shape[0], batch_size)
+    ]
+    return torch.cat(out)
+
+
+def _project(mu: Tensor, projection: str) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
+    """(2-D points, basis (2, d), center (d,), scale (2,), axis label stem) for the scatter/manifold."""
+    d = mu.shape[1]
+    if d <= 2:
+        return mu, torch.eye(d), torch.zeros(d), torch.ones(2), "z"
+    if projection == "axes":
+        center = mu.mean(dim=0)  # the other coordinates at their mean
+        center[:2] = 0.0
+        return mu[:, :2], torch.eye(d)[:2], center, torch.ones(2), "z"
+    pca = plots.pca_2d(mu)
+    return pca.proj, pca.components, pca.mean, pca.proj.std(dim=0), "PC"
+
+
+def _interpolation_ends(mu: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Posterior means of the first test image of class k and of class (k + 1) mod K, for each k."""
+    firsts = [int((labels == k).nonzero()[0]) for k in range(num_classes) if (labels == k).any()]
+    starts = torch.tensor(firsts)
+    ends = torch.roll(starts, -1)
+    return mu[starts], mu[ends]
+
+
+def render_figures(
+    module: Any,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    class_names: Sequence[str] = tuple(str(d) for d in range(10)),
+    options: FigureOptions = FigureOptions(),
+) -> dict[str, Figure | Tensor]:
+    """The five figures (see the module docstring) for float ``images`` ``(N, C, H, W)`` in [0, 1].
+
+    Returns ``{name: Figure or image tensor (3, H, W)}`` keyed by :data:`FIGURES`. The module must
+    provide ``encode(x) → (mu, logvar)``, ``decode(z) → images in [0, 1]`` and ``latent_dim``.
+    Uses no global randomness (sampling is seeded by ``options.seed``).
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        mu = encode_means(module, images)
+        d = mu.shape[1]
+        labels = labels.cpu()
+        decode, device = module.decode, module.device
+        points, basis, center, scale, stem = _project(mu, options.projection)
+
+        scatter = plots.latent_scatter(
+            mu if options.projection == "pca" or d <= 2 else points,
+            labels,
+            class_names=tuple(class_names),
+            max_points=options.max_points,
+            seed=options.seed,
+        )
+        figures: dict[str, Figure | Tensor] = {"latent_space": scatter}
+        if d >= 2:  # a 1-D latent space has no plane to draw
+            coords = plots.manifold_grid_coords(options.grid_size)
+            grid = plots.manifold(
+                decode,
+                n=options.grid_size,
+                latent_dim=d,
+                basis=None if d == 2 else basis,
+                center=None if d == 2 else center,
+                scale=None if d == 2 else scale,
+                device=device,
+            )
+            figures["manifold"] = plots.manifold_figure(
+                grid,
+                coords * scale,  # the plane's coordinates along its two directions
+                xlabel=f"{stem}₁",
+                ylabel=f"{stem}₂",
+                title=f"decoder means over a {options.grid_size}×{options.grid_size} quantile grid",
+            )
+        n_rec = min(options.n_reconstructions, images.shape[0])
+        x = images[:n_rec]
+        x_hat = decode(mu[:n_rec].to(device)).float().cpu()  # decoder mean of the posterior mean
+        starts, ends = _interpolation_ends(mu, labels, len(class_names))
+        generator = torch.Generator().manual_seed(options.seed)
+        figures["reconstructions"] = plots.reconstruction_grid(x.cpu(), x_hat, nrow=8)
+        figures["samples"] = plots.sample_grid(
+            decode, n=options.n_samples, latent_dim=d, generator=generator, device=device
+        )
+        figures["interpolation"] = plots.interpolation_grid(
+            decode, starts, ends, steps=options.interpolation_steps, device=device
+        )
+        return figures
+    finally:
+        module.train(was_training)
+
+
+def write_pngs(figures: dict[str, Figure | Tensor], directory: str | Path) -> list[Path]:
+    """Save each figure as ``<directory>/<name>.png``; returns the paths."""
+    return [plots.save_png(fig, Path(directory) / f"{name}.png") for name, fig in figures.items()]
+
+
+# ---- command line --------------------------------------------------------------------------------
+def _resolve_checkpoint(target: Path) -> Path:
+    if target.is_dir():
+        for candidate in (target / "checkpoints" / "last.ckpt", target / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        found = sorted(target.glob("**/*.ckpt"))
+        if not found:
+            raise FileNotFoundError(f"no checkpoint (*.ckpt) under {target}")
+        return found[-1]
+    if not target.is_file():
+        raise FileNotFoundError(f"{target} is neither a run directory nor a checkpoint file")
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vae.visualize",
+        description="Redraw a trained model's figures (latent space, manifold, reconstructions, "
+        "samples, interpolation) from a run directory or a checkpoint.",
+    )
+    parser.add_argument(
+        "target", type=Path, help="run directory (uses checkpoints/last.ckpt) or .ckpt"
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default: the run directory)")
+    parser.add_argument(
+        "--data-root", help="folder holding MNIST/raw (default: the run's data.root)"
+    )
+    parser.add_argument("--grid-size", type=int, default=FigureOptions.grid_size)
+    parser.add_argument("--max-points", type=int, default=None, help="subsample the scatter")
+    parser.add_argument("--n-samples", type=int, default=FigureOptions.n_samples)
+    parser.add_argument("--projection", choices=("pca", "axes"), default="pca")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    from vae.config import UserError
+    from vae.data import MNISTDataModule
+    from vae.module import VAEModule
+
+    try:
+        ckpt = _resolve_checkpoint(args.target)
+        module = VAEModule.load_from_checkpoint(ckpt, map_location=args.device)
+        hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get(
+            "datamodule_hyper_parameters", {}
+        )
+        data_kwargs = dict(hparams) | {"download": False}
+        if args.data_root:
+            data_kwargs["root"] = args.data_root
+        dm = MNISTDataModule(**data_kwargs)
+        dm.setup("test")
+        ds = dm.test_dataset
+        options = FigureOptions(
+            grid_size=args.grid_size,
+            max_points=args.max_points,
+            n_samples=args.n_samples,
+            projection=args.projection,
+            seed=args.seed,
+        )
+        figures = render_figures(
+            module, dm.to_float(ds.images), ds.labels, class_names=dm.class_names, options=options
+        )
+    except (UserError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+    for path in write_pngs(figures, out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
