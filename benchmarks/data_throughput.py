@@ -49,7 +49,7 @@ def torchvision_root(root: Path, scratch: Path) -> Path:
 def epoch_ours(dm: MNISTDataModule) -> tuple[int, float]:
     n = 0
     start = time.perf_counter()
-    for images, _labels in dm.train_dataloader():
+    for images, _labels, _indices in dm.train_dataloader():
         n += dm.to_float(images, train=True).shape[0]
     return n, time.perf_counter() - start
 

@@ -437,15 +437,16 @@ def test_dataset_batches_by_indexing_and_plain_dataloader() -> None:
     with mock.patch.object(ds, "__getitem__", side_effect=AssertionError("per-item path")):
         loader = DataLoader(ds, batch_size=8, shuffle=True, collate_fn=collate_batch)
         seen = []
-        for x, y in loader:
+        for x, y, _ in loader:
             assert x.dtype == torch.uint8
             assert y.dtype == torch.int64
             assert torch.equal(x[:, 0, 0, 0].long() % 10, y)
             seen += x[:, 0, 0, 0].tolist()
     assert sorted(seen) == list(range(50))
-    x, y = ds[3]
+    x, y, i = ds[3]
     assert x.shape == (1, 28, 28)
     assert int(y) == 3
+    assert i == 3
     assert collate_batch([ds[0], ds[1]])[0].shape == (2, 1, 28, 28)  # default_collate fallback
 
 
@@ -457,10 +458,11 @@ def test_batch_gather_equals_plain_indexing(shape: tuple[int, ...]) -> None:
     labels = torch.randint(0, 10, (200,), generator=g)
     ds = IndexedTensorDataset(images, labels)
     idx = torch.randint(0, 200, (64,), generator=g).tolist()
-    x, y = ds.__getitems__(idx)
+    x, y, i = ds.__getitems__(idx)
     assert x.dtype == torch.uint8
     assert torch.equal(x, images[idx])
     assert torch.equal(y, labels[idx])
+    assert i.tolist() == idx  # the positions travel with the batch
 
 
 def test_epoch_shuffle_sampler_depends_only_on_seed_and_epoch() -> None:
@@ -483,11 +485,11 @@ def test_on_after_batch_transfer_train_vs_eval(fake_root: SimpleNamespace) -> No
     dm = MNISTDataModule(root=fake_root.root, download=False, val_size=50, binarize="dynamic")
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    x, y = dm.on_after_batch_transfer(batch, 0)  # no trainer: evaluation
+    x, y, _ = dm.on_after_batch_transfer(batch, 0)  # no trainer: evaluation
     assert torch.equal(x, dm.on_after_batch_transfer(batch, 0)[0])
     dm.trainer = fake_trainer(training=True)
-    t1, _ = dm.on_after_batch_transfer(batch, 0)
-    t2, _ = dm.on_after_batch_transfer(batch, 0)
+    t1, _, _ = dm.on_after_batch_transfer(batch, 0)
+    t2, _, _ = dm.on_after_batch_transfer(batch, 0)
     assert not torch.equal(t1, t2)
     assert t1.shape == (128, 1, 28, 28)
     assert t1.dtype == torch.float32
@@ -524,7 +526,7 @@ def test_device_resident_moves_splits(fake_root: SimpleNamespace) -> None:
     loader = dm.train_dataloader()
     assert loader.num_workers == 0
     assert loader.pin_memory is False
-    x, _ = next(iter(loader))
+    x, _, _ = next(iter(loader))
     assert x.device.type == "meta"
     assert x.shape == (128, 1, 28, 28)
 
@@ -551,7 +553,7 @@ class _Probe(L.LightningModule):
         self.val_seen: list[tuple[int, torch.Tensor]] = []
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, _ = batch
         self.train_seen.append((self.current_epoch, x.clone(), y.clone()))
         return self.w * x.mean()
 
@@ -655,15 +657,15 @@ def test_real_shapes_dtypes_and_range(real: SimpleNamespace) -> None:
     assert len(dm.val_dataset) == 5_000
     assert len(dm.test_dataset) == 10_000
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
-        x, y = dm.on_after_batch_transfer(next(iter(loader)), 0)
+        x, y, _ = dm.on_after_batch_transfer(next(iter(loader)), 0)
         assert x.dtype == torch.float32
         assert y.dtype == torch.int64
         assert x.shape[1:] == (1, 28, 28)
         assert float(x.min()) >= 0.0
         assert float(x.max()) <= 1.0
-    x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    x, _, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert x.shape[0] == 128
-    x, _ = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())), 0)
+    x, _, _ = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())), 0)
     assert x.shape[0] == 1000
     # grey levels are exactly ToTensor's: uint8 / 255
     ref = torch.from_numpy(real.ref(NAMES[2])[:1000].astype(np.float32) / np.float32(255))
@@ -701,7 +703,7 @@ def test_real_one_epoch_serves_every_training_image_once(real: SimpleNamespace) 
 
     served: Counter = Counter()
     n = 0
-    for x, y in loader:
+    for x, y, _ in loader:
         served.update(fingerprints(x, y))
         n += x.shape[0]
     assert n == 55_000
@@ -716,8 +718,8 @@ def test_real_dynamic_binarisation(real: SimpleNamespace) -> None:
     batch = dm.train_dataset.__getitems__(list(range(5000)))
     p = batch[0].double() / 255
     torch.manual_seed(0)
-    epoch1, _ = dm.on_after_batch_transfer(batch, 0)
-    epoch2, _ = dm.on_after_batch_transfer(batch, 0)
+    epoch1, _, _ = dm.on_after_batch_transfer(batch, 0)
+    epoch2, _, _ = dm.on_after_batch_transfer(batch, 0)
     assert set(epoch1.unique().tolist()) == {0.0, 1.0}
     # E[draw] = p; the sum of n independent Bernoulli(p_i) has variance Σ p_i(1 - p_i)
     n = p.numel()
@@ -743,8 +745,8 @@ def test_real_dynamic_eval_sets_are_fixed(real: SimpleNamespace) -> None:
     se = math.sqrt(float((grey * (1 - grey)).sum())) / grey.numel()
     assert abs(float(drawn.mean() - grey.mean())) < 5 * se
     batch = next(iter(a.test_dataloader()))
-    x1, _ = a.on_after_batch_transfer(batch, 0)
-    x2, _ = a.on_after_batch_transfer(batch, 0)
+    x1, _, _ = a.on_after_batch_transfer(batch, 0)
+    x2, _, _ = a.on_after_batch_transfer(batch, 0)
     assert torch.equal(x1, x2)
     assert torch.equal(x1, batch[0].float() / 255)  # already binary: evaluation leaves it as is
     c = real.make(binarize="dynamic", seed=1)
@@ -753,7 +755,7 @@ def test_real_dynamic_eval_sets_are_fixed(real: SimpleNamespace) -> None:
 
 def test_real_static_binarisation(real: SimpleNamespace) -> None:
     dm = real.make(binarize="static")
-    x, _ = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())), 0)
+    x, _, _ = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())), 0)
     ref = (real.ref(NAMES[2])[:1000].astype(np.float64) / 255 > 0.5).astype(np.float32)
     np.testing.assert_array_equal(x.squeeze(1).numpy(), ref)
 

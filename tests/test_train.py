@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     dm = instantiate(cfg.data)
     untrained = build_module(cfg, dm.dims)
     dm.setup("fit")
-    x, _ = next(iter(dm.val_dataloader()))
+    x, _, _ = next(iter(dm.val_dataloader()))
     x = dm.to_float(x, train=False) if hasattr(dm, "to_float") else x.float() / 255
     with torch.no_grad():
         loss_before = untrained.elbo_terms(x)["loss"].mean().item()

@@ -3,21 +3,28 @@
 Configured in ``configs/callbacks/default.yaml`` (``callbacks.visualize.*``). Only the global-zero
 process draws or writes anything. The callback reads the test split straight from the data module's
 tensors (no DataLoader, no global RNG), so adding or removing it does not change training.
+
+Every epoch that is due (and the end of training) gets exactly one set of ``images/`` at
+``global_step``: the last epoch's images, when due, are logged at its end like any other, and
+``on_fit_end`` logs only when nothing was logged at the final step (``every_n_epochs=0``, an epoch
+count that is not a multiple of n). Each figure is rendered once, and TensorBoard gets the same
+8-bit pixels as the PNG (:func:`vae.visualize.to_images`).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from vae import plots
-from vae.visualize import FigureOptions, encode_means, render_figures, write_pngs
+from vae.visualize import FigureOptions, encode_means, render_figures, to_images, write_pngs
 
 
 class LatentVisualizer(L.Callback):
@@ -68,6 +75,7 @@ class LatentVisualizer(L.Callback):
             projection=projection,
             seed=seed,
         )
+        self._logged_step: int | None = None  # global_step of the last images/ logged this fit
 
     # ---- data ------------------------------------------------------------------------------------
     def _test_split(self, trainer: L.Trainer) -> tuple[Tensor, Tensor, tuple[str, ...]] | None:
@@ -87,38 +95,50 @@ class LatentVisualizer(L.Callback):
                 return logger.experiment
         return None
 
-    def _draw(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Figure | Tensor]:
+    def _draw(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Tensor]:
+        """The figures as RGB image tensors ``(3, H, W)`` in [0, 1], each rendered once."""
         split = self._test_split(trainer)
         if split is None:
             return {}
         images, labels, names = split
-        return render_figures(module, images, labels, class_names=names, options=self.options)
+        figures = render_figures(module, images, labels, class_names=names, options=self.options)
+        return to_images(figures)
 
-    def _log_images(self, trainer: L.Trainer, figures: dict[str, Figure | Tensor]) -> None:
+    def _log_images(self, trainer: L.Trainer, images: dict[str, Tensor]) -> None:
         writer = self._tensorboard(trainer)
         if writer is None:
             return
-        for name, fig in figures.items():
-            image = plots.figure_to_tensor(fig) if isinstance(fig, Figure) else fig
-            writer.add_image(f"images/{name}", image, global_step=trainer.global_step)
+        for name, image in images.items():
+            # 8-bit, rounded like the PNG (save_image); add_image would truncate floats · 255
+            pixels = image.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+            writer.add_image(f"images/{name}", pixels, global_step=trainer.global_step)
+        self._logged_step = trainer.global_step
 
     # ---- hooks -----------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._logged_step = None
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or self.every_n_epochs == 0 or trainer.sanity_checking:
             return
-        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not last:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._log_images(trainer, self._draw(trainer, pl_module))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The final figures: TensorBoard images, PNGs in the run directory, the projector."""
+        """The final figures: TensorBoard images, PNGs in the run directory, the projector.
+
+        Drawn afresh from the final model (a callback may have changed the weights since the last
+        epoch's end, e.g. weight averaging); logged to TensorBoard only if no images were logged
+        at this step already, so each step has one set.
+        """
         if not trainer.is_global_zero:
             return
-        figures = self._draw(trainer, pl_module)
-        if not figures:
+        images = self._draw(trainer, pl_module)
+        if not images:
             return
-        self._log_images(trainer, figures)
-        write_pngs(figures, Path(self.png_dir or trainer.default_root_dir))
+        if self._logged_step != trainer.global_step:
+            self._log_images(trainer, images)
+        write_pngs(images, Path(self.png_dir or trainer.default_root_dir))
         writer = self._tensorboard(trainer)
         if self.projector and writer is not None:
             self._write_projector(trainer, pl_module, writer)
@@ -129,8 +149,10 @@ class LatentVisualizer(L.Callback):
         images, labels = images[:n], labels[:n]
         was_training = module.training
         module.eval()
-        mu = encode_means(module, images)
-        module.train(was_training)
+        try:
+            mu = encode_means(module, images)
+        finally:
+            module.train(was_training)
         writer.add_embedding(
             mu,
             metadata=[names[int(k)] for k in labels],
@@ -139,3 +161,49 @@ class LatentVisualizer(L.Callback):
             tag="test_posterior_means",
         )
         writer.flush()
+
+
+class EpochTimer(L.Callback):
+    """Wall time and throughput of the training part of each epoch (validation excluded).
+
+    Logs ``perf/train_epoch_seconds`` and ``perf/train_images_per_second``, and appends one JSON
+    line per epoch to ``path`` when given (what ``benchmarks/train_throughput.py`` reads). The clock
+    stops at the last training batch, so validation and the epoch-end figures are not counted.
+    """
+
+    def __init__(self, *, path: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self._start = 0.0
+        self._last = 0.0
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._images = 0
+        self._start = self._last = time.perf_counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._images += int(batch[0].shape[0])
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = self._last - self._start
+        if seconds <= 0 or not trainer.is_global_zero:
+            return
+        rate = self._images / seconds
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {"perf/train_epoch_seconds": seconds, "perf/train_images_per_second": rate},
+                step=trainer.global_step,
+            )
+        if self.path:
+            record = {"epoch": trainer.current_epoch, "seconds": seconds, "images": self._images}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")

@@ -81,27 +81,37 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+#: how to fix a ``ckpt_path`` that cannot be resumed from (the end of each message)
+_CKPT_HINT = (
+    "pass a checkpoint written by train.py, such as logs/train/runs/<run>/checkpoints/last.ckpt"
+)
+
+
 def check_resumable(ckpt_path: str | os.PathLike[str], model_cfg: Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` unless ``ckpt_path`` is a checkpoint of the network in ``model_cfg``.
 
     ``model_cfg`` is the plain ``model`` config (lists as lists). Only the network keys are
-    compared: the objective (β, warm-up, free bits) may change between the two runs.
+    compared: the objective (β, warm-up, free bits) may change between the two runs. Every message
+    is one line naming ``ckpt_path``, what is wrong and how to fix it.
     """
     path = Path(ckpt_path)
     if not path.is_file():
-        raise ConfigError(
-            f"ckpt_path={str(path)!r}: no such file; pass a checkpoint such as "
-            "logs/train/runs/<run>/checkpoints/last.ckpt"
-        )
+        what = "a directory, not a file" if path.is_dir() else "no such file"
+        raise ConfigError(f"ckpt_path={str(path)!r}: {what}; {_CKPT_HINT}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated file, another format, a pickle error...
         raise ConfigError(
-            f"ckpt_path={str(path)!r}: not a readable checkpoint ({type(err).__name__}: {err})"
+            f"ckpt_path={str(path)!r}: not a readable checkpoint ({type(err).__name__}: "
+            f"{_first_sentence(err)}): the file is truncated, corrupt or not written by "
+            f"torch.save; {_CKPT_HINT}"
         ) from None
     saved = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
     if not isinstance(saved, Mapping) or "state_dict" not in ckpt:
-        raise ConfigError(f"ckpt_path={str(path)!r}: not a checkpoint of vae.module.VAEModule")
+        raise ConfigError(
+            f"ckpt_path={str(path)!r}: not a checkpoint of vae.module.VAEModule "
+            f"({_describe(ckpt)}); {_CKPT_HINT}"
+        )
     from vae.module import NETWORK_KEYS
 
     for key in NETWORK_KEYS:
@@ -111,6 +121,24 @@ def check_resumable(ckpt_path: str | os.PathLike[str], model_cfg: Mapping[str, A
                 f"config says model.{key}={_plain(model_cfg[key])!r}; resume with the same model "
                 "settings (the run's config.yaml has them)"
             )
+
+
+def _first_sentence(err: BaseException, limit: int = 160) -> str:
+    """The first sentence of ``err``'s message on one line (torch's can run to several lines)."""
+    text = " ".join(str(err).split()) or "no message"
+    head = text.split(". ", 1)[0].rstrip(".")
+    return head if len(head) <= limit else head[: limit - 1] + "…"
+
+
+def _describe(obj: Any) -> str:
+    """What a loaded file holds, for the "not a checkpoint of this model" message."""
+    if not isinstance(obj, dict):
+        return f"it holds a {type(obj).__name__}"
+    if "state_dict" in obj:
+        return "a Lightning checkpoint of another model: its hyper_parameters have no model config"
+    keys = [str(k) for k in list(obj)[:5]]
+    more = ", …" if len(obj) > 5 else ""
+    return f"it holds a dict with keys {', '.join(keys)}{more}, no state_dict"
 
 
 def _plain(value: Any) -> Any:

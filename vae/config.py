@@ -1,13 +1,16 @@
 """Checks on the composed Hydra config, run before anything is built or trained.
 
 Each problem raises :class:`ConfigError` with one line naming the key, the value and what is allowed,
-e.g. ``model.latent_dim=0: expected an integer ≥ 1``. The data keys are checked by
-:class:`vae.data.MNISTDataModule` itself, which raises the same error type.
+e.g. ``model.latent_dim=0: expected an integer ≥ 1``. The data keys are checked here too (with the
+options :mod:`vae.data` defines), before Hydra instantiates :class:`vae.data.MNISTDataModule`: the
+module checks them again, but an error raised inside ``instantiate`` reaches the user wrapped in
+Hydra's ``InstantiationException``, not as one line. docs/errors.md lists what the user sees.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,6 +44,10 @@ def number_at_least(low: float, *, strict: bool = False) -> tuple[Callable[[Any]
     if strict:
         return (lambda v: _is_number(v) and v > low), f"a finite number > {low:g}"
     return (lambda v: _is_number(v) and v >= low), f"a finite number ≥ {low:g}"
+
+
+def int_in(low: int, high: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and low <= v <= high), f"an integer in [{low}, {high}]"
 
 
 def one_of(options: Sequence[Any]) -> tuple[Callable[[Any], bool], str]:
@@ -90,9 +97,32 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def data_rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
+    """The rules for the ``data`` keys, the same as :class:`vae.data.MNISTDataModule` applies."""
+    from vae.data import BINARIZE_MODES, DATASETS, MNISTDataModule  # here: vae.data imports us
+
+    path = (
+        lambda v: v is None or (isinstance(v, (str, os.PathLike)) and bool(os.fspath(v))),
+        "a non-empty path",
+    )
+    return {
+        "data.dataset": one_of(DATASETS),
+        "data.root": path,
+        "data.batch_size": int_at_least(1),
+        "data.eval_batch_size": int_at_least(1),
+        "data.val_size": int_in(0, MNISTDataModule.NUM_TRAIN - 1),
+        "data.seed": int_in(0, 2**63 - 1),
+        "data.binarize": one_of(BINARIZE_MODES),
+        "data.download": boolean(),
+        "data.num_workers": int_at_least(0),
+        "data.pin_memory": boolean(),
+        "data.device_resident": boolean(),
+    }
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first key whose value is not allowed."""
-    for key, (ok, allowed) in RULES.items():
+    for key, (ok, allowed) in (RULES | data_rules()).items():
         value = OmegaConf.select(cfg, key, default="__missing__")
         if isinstance(value, str) and value == "__missing__":
             continue

@@ -39,7 +39,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.utils import download_url
 
@@ -340,10 +341,12 @@ def load_split(
 
 
 class IndexedTensorDataset(Dataset):
-    """``(image, label)`` pairs held as two tensors; a whole batch is one indexing operation.
+    """``(image, label, index)`` triples held as two tensors; a whole batch is one indexing operation.
 
     ``DataLoader`` calls ``__getitems__(indices)`` when it exists; it returns the batch already
-    stacked, and ``collate_batch`` passes it through. The tensors may live on any device.
+    stacked, and ``collate_batch`` passes it through. The tensors may live on any device. The index
+    (the image's position in the split) travels with the batch so evaluation can draw the same
+    noise for the same image whatever the batch size or the number of processes.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -356,17 +359,19 @@ class IndexedTensorDataset(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.images[index], self.labels[index], index
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(
+        self, indices: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         if self._packed is None:
             images = self.images.index_select(0, idx)
         else:
             rows = self._packed.index_select(0, idx)
             images = rows.view(self.images.dtype).view(len(idx), *self.images.shape[1:])
-        return images, self.labels.index_select(0, idx)
+        return images, self.labels.index_select(0, idx), idx
 
     def to(self, device: torch.device | str) -> IndexedTensorDataset:
         self.images = self.images.to(device)
@@ -482,9 +487,10 @@ def _check(key: str, value: Any, rule: tuple[Callable[[Any], bool], str]) -> Any
 class MNISTDataModule(L.LightningDataModule):
     """MNIST or Fashion-MNIST: 60,000 training images split into train/val, and the 10,000 test.
 
-    Every split yields ``(images, labels)``: uint8 ``(B, 1, 28, 28)`` and int64 ``(B,)`` from the
-    DataLoader; ``on_after_batch_transfer`` turns the images into float32 in [0, 1] on the device
-    (see ``to_float``), binarised per ``binarize``. See the module docstring for randomness.
+    Every split yields ``(images, labels, indices)`` from the DataLoader: uint8 ``(B, 1, 28, 28)``,
+    int64 labels ``(B,)`` and the int64 positions ``(B,)`` in the split. ``on_after_batch_transfer``
+    turns the images into float32 in [0, 1] on the device (see ``to_float``), binarised per
+    ``binarize``. See the module docstring for randomness.
 
     ``device_resident=True`` keeps the splits on the training device (when the trainer's root
     device is not the CPU: a no-op on CPU), so batches are gathered there and nothing crosses the
@@ -576,15 +582,31 @@ class MNISTDataModule(L.LightningDataModule):
         ds = self._require(self.val_dataset, "val")
         if len(ds) == 0:
             return []  # val_size=0: no validation
-        return self._loader(ds, self.eval_batch_size, None)
+        return self._loader(ds, self.eval_batch_size, self._eval_sampler(ds))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self.test_dataset, "test"), self.eval_batch_size, None)
+        ds = self._require(self.test_dataset, "test")
+        return self._loader(ds, self.eval_batch_size, self._eval_sampler(ds))
+
+    def _eval_sampler(self, ds: IndexedTensorDataset) -> Sampler | None:
+        """Under DDP, every val/test image exactly once over all processes.
+
+        Lightning would otherwise swap in a ``DistributedSampler``, which pads the split with
+        repeated images so that every process gets the same count, and those would be counted twice.
+        Ranks may then run one batch fewer than others, which is safe because nothing in evaluation
+        synchronises per batch (the module has no buffers; metrics are reduced once, at epoch end).
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        return UnrepeatedDistributedSampler(
+            ds, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels = batch
+        images, *rest = batch  # (images, labels, indices)
         training = self.trainer is not None and self.trainer.training
-        return self.to_float(images, train=training), labels
+        return (self.to_float(images, train=training), *rest)
 
     # ---- public helpers --------------------------------------------------------------------
 
@@ -617,7 +639,7 @@ class MNISTDataModule(L.LightningDataModule):
                 ds.to(device)
 
     def _loader(
-        self, ds: IndexedTensorDataset, batch_size: int, sampler: EpochShuffleSampler | None
+        self, ds: IndexedTensorDataset, batch_size: int, sampler: Sampler | None
     ) -> DataLoader:
         on_device = ds.images.device.type != "cpu"
         workers = 0 if on_device else self.num_workers

@@ -65,14 +65,13 @@ class GaussianLikelihood(nn.Module):
         super().__init__()
         if not std > 0:
             raise ValueError(f"model.gaussian_std must be > 0, got {std}")
-        log_std = torch.tensor(math.log(std))
-        if learn_std:
-            self.log_std = nn.Parameter(log_std)
-        else:
-            self.register_buffer("log_std", log_std)
+        # a fixed σ is a plain float, not a buffer (DDP would broadcast a buffer at every forward)
+        self.log_std: nn.Parameter | float = (
+            nn.Parameter(torch.tensor(math.log(std))) if learn_std else math.log(std)
+        )
 
     def nll(self, out: Tensor, x: Tensor) -> Tensor:
-        log_std = self.log_std
+        log_std = torch.as_tensor(self.log_std, dtype=out.dtype, device=out.device)
         sq = (x - out).square() * torch.exp(-2.0 * log_std)  # (x − μ)² / σ²
         per_pixel = 0.5 * sq + log_std + 0.5 * math.log(2.0 * math.pi)
         return _sum_pixels(per_pixel)

@@ -180,14 +180,18 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     @staticmethod
-    def reparameterize(mu: Tensor, logvar: Tensor, *, n_samples: int | None = None) -> Tensor:
+    def reparameterize(
+        mu: Tensor, logvar: Tensor, *, n_samples: int | None = None, eps: Tensor | None = None
+    ) -> Tensor:
         """z = mu + σ ⊙ ε, ε ~ N(0, I) (Kingma & Welling 2013, eq. 10).
 
         Shapes: mu, logvar ``(B, d)`` → z ``(B, d)``, or ``(n_samples, B, d)`` when ``n_samples`` is given.
+        ``eps`` (same shape as z) supplies the noise instead of the global RNG.
         """
         std = torch.exp(0.5 * logvar)
-        shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
-        eps = torch.randn(shape, dtype=mu.dtype, device=mu.device)
+        if eps is None:
+            shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
+            eps = torch.randn(shape, dtype=mu.dtype, device=mu.device)
         return mu + std * eps
 
 

@@ -16,6 +16,7 @@ Logged, per stage ``train/``, ``val/``, ``test/``:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,7 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.distributions import Normal
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import MeanMetric, Metric, SumMetric
 
 from vae.checkpointing import rng_states, set_rng_states
 from vae.config import UserError
@@ -44,7 +45,14 @@ NETWORK_KEYS = (
     "learn_std",
 )
 ACTIVE_UNIT_THRESHOLD = 0.01
+EVAL_NOISE_BLOCK = 4096
 CHECK_FINITE_EVERY_N_STEPS = 50
+
+
+def _derive_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` (stable across processes, unlike ``hash``)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -108,18 +116,23 @@ class VAEModule(L.LightningModule):
         )
         self.iw_samples = int(evaluation.get("iw_samples", 1))
         self.iw_chunk = int(evaluation.get("iw_chunk", 16))
+        self.eval_seed = int(evaluation.get("seed", 0))
+        self._noise_blocks: dict[tuple[str, int], Tensor] = {}
         stages = ("val", "test")
         names = ("loss", "recon", "kl")
         self.eval_means = torch.nn.ModuleDict(
             {f"{s}_{n}": MeanMetric() for s in stages for n in names}
             | {"test_nll_iw": MeanMetric()}
         )
+        # images evaluated, summed over processes: the proof that none is dropped or counted twice
+        self.eval_counts = torch.nn.ModuleDict({s: SumMetric() for s in stages})
         self.mu_moments = ColumnMoments(self.latent_dim)
         self.kl_dim_moments = ColumnMoments(self.latent_dim)
         # first training step whose recon / kl was non-finite (−1: none yet); kept on the device and
         # read back only every CHECK_FINITE_EVERY_N_STEPS steps and before validation, so the
         # training loop does not wait for the device at every step
-        self.register_buffer("_first_bad", torch.full((3,), -1, dtype=torch.long), persistent=False)
+        # (a plain tensor, not a buffer: DDP would broadcast a buffer from rank 0 at every forward)
+        self._first_bad = torch.full((3,), -1, dtype=torch.long)
 
     # ---- the user-facing model -------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,14 +155,15 @@ class VAEModule(L.LightningModule):
         return self.decode(mu)
 
     # ---- the objective ---------------------------------------------------------------------------
-    def elbo_terms(self, x: Tensor) -> dict[str, Tensor]:
+    def elbo_terms(self, x: Tensor, *, eps: Tensor | None = None) -> dict[str, Tensor]:
         """Per-image terms of the negative ELBO for images ``x`` ``(B, C, H, W)``.
 
-        Returns ``recon`` ``(B,)`` (one reparameterised sample), ``kl_dim`` ``(B, d)`` (closed form),
-        ``kl`` ``(B,)``, ``loss`` ``(B,)`` = recon + kl, and ``mu``, ``logvar`` ``(B, d)``; nats per image.
+        Returns ``recon`` ``(B,)`` (one reparameterised sample, with noise ``eps`` ``(B, d)`` if given,
+        else from the global RNG), ``kl_dim`` ``(B, d)`` (closed form), ``kl`` ``(B,)``, ``loss``
+        ``(B,)`` = recon + kl, and ``mu``, ``logvar`` ``(B, d)``; nats per image.
         """
         mu, logvar = self.vae.encode(x)
-        z = self.vae.reparameterize(mu, logvar)  # (B, d)
+        z = self.vae.reparameterize(mu, logvar, eps=eps)  # (B, d)
         recon = self.vae.likelihood.nll(self.vae.decode(z), x)  # (B,)
         kl_dim = gaussian_kl_per_dim(mu, logvar)  # (B, d)
         kl = kl_dim.sum(dim=-1)
@@ -168,8 +182,8 @@ class VAEModule(L.LightningModule):
             return self.beta
         return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, _ = batch
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        x = batch[0]  # (images, labels, indices)
         t = self.elbo_terms(x)
         beta = self.current_beta()
         objective = t["recon"].mean() + beta * self.kl_objective(t["mu"], t["logvar"])
@@ -201,8 +215,10 @@ class VAEModule(L.LightningModule):
                 kl_bad.long(),
             ]
         )
+        if self._first_bad.device != bad.device:
+            self._first_bad = self._first_bad.to(bad.device)
         first = bad & (self._first_bad[0] < 0)
-        self._first_bad.copy_(torch.where(first, record, self._first_bad))
+        self._first_bad = torch.where(first, record, self._first_bad)
 
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteLossError` naming the step and the term if the loss went NaN/inf."""
@@ -242,12 +258,14 @@ class VAEModule(L.LightningModule):
             set_rng_states(checkpoint["rng_states"])
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
-        x, _ = batch
-        t = self.elbo_terms(x)
+    def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> dict[str, Tensor]:
+        x = batch[0]
+        eps = self.eval_noise(batch[2], stage) if len(batch) > 2 else None
+        t = self.elbo_terms(x, eps=eps)
         for name in ("loss", "recon", "kl"):
             # MeanMetric over per-image values: an exact mean over images, also across DDP processes
             self.eval_means[f"{stage}_{name}"].update(t[name])
+        self.eval_counts[stage].update(torch.tensor(float(x.shape[0]), device=x.device))
         self.mu_moments.update(t["mu"])
         self.kl_dim_moments.update(t["kl_dim"])
         return t
@@ -257,26 +275,50 @@ class VAEModule(L.LightningModule):
             self.log(f"{stage}/{name}", self.eval_means[f"{stage}_{name}"], prog_bar=name == "loss")
         _, mu_var = self.mu_moments.compute()
         kl_dim_mean, _ = self.kl_dim_moments.compute()
+        self.log(f"{stage}/num_images", self.eval_counts[stage])
         self.log(f"{stage}/active_units", (mu_var > ACTIVE_UNIT_THRESHOLD).sum().float())
         for j in range(self.latent_dim):
             self.log(f"{stage}/kl_dim/{j}", kl_dim_mean[j].float())
         self.mu_moments.reset()
         self.kl_dim_moments.reset()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval_epoch("val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, _ = batch
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        x = batch[0]
         self._eval_step(batch, "test")
         self.eval_means["test_nll_iw"].update(self.iw_nll(x, n_samples=self.iw_samples))
 
     def on_test_epoch_end(self) -> None:
         self._log_eval_epoch("test")
         self.log("test/nll_iw", self.eval_means["test_nll_iw"])
+
+    def eval_noise(self, index: Tensor, stage: str) -> Tensor:
+        """ε ~ N(0, I) for the images at positions ``index`` ``(B,)`` of a split: ``(B, latent_dim)``.
+
+        A function of (``eval.seed``, split, position) only: common random numbers, so evaluating the
+        same weights gives the same val/test −ELBO whatever the batch size, the number of DDP processes
+        or what ran before. Drawn in blocks of :data:`EVAL_NOISE_BLOCK` positions, each from its own
+        seeded CPU generator, and cached.
+        """
+        idx = index.cpu()
+        blocks = torch.div(idx, EVAL_NOISE_BLOCK, rounding_mode="floor")
+        out = torch.empty(len(idx), self.latent_dim)
+        for block in blocks.unique().tolist():
+            key = (stage, block)
+            if key not in self._noise_blocks:
+                seed = _derive_seed(self.eval_seed, stage, block)
+                gen = torch.Generator().manual_seed(seed)
+                self._noise_blocks[key] = torch.randn(
+                    EVAL_NOISE_BLOCK, self.latent_dim, generator=gen
+                )
+            chosen = blocks == block
+            out[chosen] = self._noise_blocks[key][idx[chosen] % EVAL_NOISE_BLOCK]
+        return out.to(device=index.device, dtype=self.dtype)
 
     @torch.no_grad()
     def iw_nll(self, x: Tensor, *, n_samples: int, chunk: int | None = None) -> Tensor:

@@ -461,6 +461,10 @@ def manifold_figure(
     ax.set_ylabel(ylabel)
     if title is not None:
         ax.set_title(title)
+    # lay out once and freeze it: constrained layout around a fixed-aspect image would otherwise
+    # move the axes by a few pixels at every draw, and two saves of one figure would differ
+    fig.draw_without_rendering()
+    fig.set_layout_engine("none")
     return fig
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,8 @@ from vae.module import VAEModule
 def _ensure_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=directory):  # a unique name: DDP ranks probe at once
+            pass
     except OSError as err:
         raise ConfigError(
             f"paths.output_dir={str(directory)!r}: not writable ({err.strerror}); "

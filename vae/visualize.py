@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vae import plots
+from vae.config import UserError
 
 FIGURES = ("latent_space", "manifold", "reconstructions", "samples", "interpolation")
 
@@ -78,6 +79,7 @@ def _interpolation_ends(mu: Tensor, labels: Tensor, num_classes: int) -> tuple[T
     return mu[starts], mu[ends]
 
 
+@torch.no_grad()
 def render_figures(
     module: Any,
     images: Tensor,
@@ -90,7 +92,8 @@ def render_figures(
 
     Returns ``{name: Figure or image tensor (3, H, W)}`` keyed by :data:`FIGURES`. The module must
     provide ``encode(x) → (mu, logvar)``, ``decode(z) → images in [0, 1]`` and ``latent_dim``.
-    Uses no global randomness (sampling is seeded by ``options.seed``).
+    Uses no global randomness (sampling is seeded by ``options.seed``). Render each returned
+    Figure once (:func:`to_images`) and reuse those pixels: see there.
     """
     was_training = module.training
     module.eval()
@@ -144,6 +147,20 @@ def render_figures(
         module.train(was_training)
 
 
+def to_images(figures: dict[str, Figure | Tensor]) -> dict[str, Tensor]:
+    """Each figure as an RGB image tensor ``(3, H, W)`` in [0, 1], rendering every Figure once.
+
+    Use these pixels for both TensorBoard and the PNGs: rendering the same matplotlib Figure a
+    second time can move its axes (the manifold's constrained layout around a fixed-aspect image
+    is not idempotent: each ``savefig`` shifts it by a few pixels), whereas the first rendering of
+    a figure is deterministic, so the callback's PNGs and a re-plot by the CLI are identical.
+    """
+    return {
+        name: plots.figure_to_tensor(fig) if isinstance(fig, Figure) else fig
+        for name, fig in figures.items()
+    }
+
+
 def write_pngs(figures: dict[str, Figure | Tensor], directory: str | Path) -> list[Path]:
     """Save each figure as ``<directory>/<name>.png``; returns the paths."""
     return [plots.save_png(fig, Path(directory) / f"{name}.png") for name, fig in figures.items()]
@@ -164,6 +181,35 @@ def _resolve_checkpoint(target: Path) -> Path:
     return target
 
 
+class CheckpointError(UserError, ValueError):
+    """The command line's target is not a readable checkpoint of :class:`vae.module.VAEModule`."""
+
+
+def _load_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """The checkpoint's dict; :class:`CheckpointError` (one line) if it is not a vae checkpoint."""
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated file, another format, a pickle error...
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{ckpt}: not a readable checkpoint ({type(err).__name__}: {first})"
+        ) from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or "model" not in hparams or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{ckpt}: not a checkpoint of vae.module.VAEModule")
+    return checkpoint
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vae.visualize",
@@ -177,24 +223,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--data-root", help="folder holding MNIST/raw (default: the run's data.root)"
     )
-    parser.add_argument("--grid-size", type=int, default=FigureOptions.grid_size)
-    parser.add_argument("--max-points", type=int, default=None, help="subsample the scatter")
-    parser.add_argument("--n-samples", type=int, default=FigureOptions.n_samples)
+    parser.add_argument("--grid-size", type=_positive_int, default=FigureOptions.grid_size)
+    parser.add_argument(
+        "--max-points", type=_positive_int, default=None, help="subsample the scatter"
+    )
+    parser.add_argument("--n-samples", type=_positive_int, default=FigureOptions.n_samples)
     parser.add_argument("--projection", choices=("pca", "axes"), default="pca")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    from vae.config import UserError
     from vae.data import MNISTDataModule
     from vae.module import VAEModule
 
     try:
         ckpt = _resolve_checkpoint(args.target)
+        hparams = _load_checkpoint(ckpt).get("datamodule_hyper_parameters", {})
         module = VAEModule.load_from_checkpoint(ckpt, map_location=args.device)
-        hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get(
-            "datamodule_hyper_parameters", {}
-        )
         data_kwargs = dict(hparams) | {"download": False}
         if args.data_root:
             data_kwargs["root"] = args.data_root
@@ -215,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.out or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
-    for path in write_pngs(figures, out):
+    for path in write_pngs(to_images(figures), out):
         print(path)
     return 0
 

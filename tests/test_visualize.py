@@ -1,0 +1,564 @@
+"""The figures, end to end: TensorBoard images, PNGs, the embedding projector and the re-plot CLI.
+
+Most tests share one tiny real run (2 epochs × 8 batches, figures every epoch, a 500-point
+projector) and check what it wrote against references computed here independently: pixel sizes
+from make_grid's padding formula, labels from the raw IDX file, posterior means from last.ckpt,
+manifold coordinates from scipy's Φ⁻¹. The callback's scheduling and rank-zero behaviour are
+checked with a stand-in trainer (no training), and the drawing with stand-in models.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import random
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib import colormaps
+from PIL import Image
+from scipy.stats import norm
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.projector import projector_config_pb2
+from torch import Tensor
+
+from vae import plots, visualize
+from vae.callbacks import LatentVisualizer
+from vae.data import MNISTDataModule
+from vae.module import VAEModule
+from vae.training import build_module, train
+from vae.visualize import FIGURES, FigureOptions, render_figures, to_images
+
+TILE, PAD = 28, 2  # MNIST tiles; make_grid padding of every grid in vae.plots
+EPOCHS = 2
+PROJECTOR_POINTS = 500
+
+
+def grid_px(rows: int, cols: int) -> tuple[int, int]:
+    """(width, height) of make_grid's output for rows × cols tiles: n·(28 + 2) + 2 each way."""
+    return cols * (TILE + PAD) + PAD, rows * (TILE + PAD) + PAD
+
+
+#: (width, height) of each figure with the callback's defaults, derived from the spec
+EXPECTED_PX = {
+    "latent_space": (700, 600),  # 7 × 6 in at 100 dpi
+    "manifold": (600, 600),  # 6 × 6 in at 100 dpi
+    "reconstructions": grid_px(2 * math.ceil(32 / 8), 8),  # 32 images above their 32 recons
+    "samples": grid_px(8, 8),  # 64 samples
+    "interpolation": grid_px(10, 10),  # 10 pairs (0→1, …, 9→0) × 10 steps
+}
+SCALAR_TAGS = (
+    "train/loss_step",
+    "train/loss_epoch",
+    "val/loss",
+    "val/kl",
+    "val/active_units",
+    "test/loss",
+    "test/nll_iw",
+)
+
+
+def _rgb(source: Path | bytes) -> np.ndarray:
+    """A PNG (file or bytes) as an RGB uint8 array (H, W, 3)."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _as_rgb_uint8(image: Tensor) -> np.ndarray:
+    """An image tensor (3, H, W) in [0, 1] rounded to 8 bits like a PNG, as (H, W, 3)."""
+    return image.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _steps_per_epoch() -> int:
+    from conftest import TINY
+
+    (value,) = [o.split("=")[1] for o in TINY if o.startswith("trainer.limit_train_batches=")]
+    return int(value)
+
+
+# ---- the shared tiny run -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny real run with images every epoch and a 500-point projector; its run directory."""
+    from conftest import TINY, compose_config
+
+    run_dir = tmp_path_factory.mktemp("visualize") / "run"
+    cfg = compose_config(
+        [
+            *TINY,
+            f"trainer.max_epochs={EPOCHS}",
+            "callbacks.visualize.every_n_epochs=1",
+            f"callbacks.visualize.projector_points={PROJECTOR_POINTS}",
+        ],
+        output_dir=run_dir,
+    )
+    train(cfg)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def test_split(mnist_root: Path) -> tuple[Tensor, Tensor]:
+    """The 10,000 test images as the data module converts them (float in [0, 1]) and their labels."""
+    dm = MNISTDataModule(root=mnist_root, download=False)
+    dm.setup("test")
+    return dm.to_float(dm.test_dataset.images), dm.test_dataset.labels
+
+
+@pytest.fixture(scope="module")
+def raw_test_labels(mnist_root: Path) -> np.ndarray:
+    """The test labels read straight from the IDX file (8-byte header), independent of vae.data."""
+    data = gzip.decompress(
+        (mnist_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    )
+    assert int.from_bytes(data[:4], "big") == 2049  # IDX magic: unsigned bytes, 1 dimension
+    assert int.from_bytes(data[4:8], "big") == 10_000
+    return np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def final_model(tiny_run: Path) -> VAEModule:
+    """The model at the end of training, reloaded from last.ckpt."""
+    ckpt = tiny_run / "checkpoints" / "last.ckpt"
+    return VAEModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+
+
+@pytest.fixture(scope="module")
+def final_mu(final_model: VAEModule, test_split: tuple[Tensor, Tensor]) -> np.ndarray:
+    """Posterior means E[z | x] of the final model for the 10,000 test images, (10000, 2)."""
+    with torch.no_grad():
+        return final_model.encode(test_split[0])[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def final_figures_grid7(final_model: VAEModule, test_split: tuple[Tensor, Tensor]) -> dict:
+    """render_figures of the final model on the whole test set, with a 7 × 7 manifold."""
+    images, labels = test_split
+    return render_figures(final_model, images, labels, options=FigureOptions(grid_size=7))
+
+
+# ---- 1. TensorBoard ------------------------------------------------------------------------------
+def test_tensorboard_has_the_scalars_and_one_set_of_images_per_epoch(tiny_run: Path) -> None:
+    acc = EventAccumulator(str(tiny_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    missing = [t for t in SCALAR_TAGS if t not in tags["scalars"]]
+    assert not missing, f"scalars missing: {missing}; found {sorted(tags['scalars'])}"
+    assert sorted(tags["images"]) == sorted(f"images/{name}" for name in FIGURES)
+    assert len(acc.Scalars("val/loss")) == EPOCHS
+
+    epoch_ends = [(e + 1) * _steps_per_epoch() for e in range(EPOCHS)]  # global_step: 8, 16
+    for name, (width, height) in EXPECTED_PX.items():
+        events = acc.Images(f"images/{name}")
+        assert [e.step for e in events] == epoch_ends, name  # exactly one image per epoch
+        for event in events:
+            assert (event.width, event.height) == (width, height), name
+            assert _rgb(event.encoded_image_string).shape == (height, width, 3), name
+        # the final image shows what the PNG shows, pixel for pixel
+        np.testing.assert_array_equal(
+            _rgb(events[-1].encoded_image_string), _rgb(tiny_run / f"{name}.png"), err_msg=name
+        )
+    # the first epoch's images come from the first epoch's model, not the final one
+    first, last = acc.Images("images/samples")
+    assert first.encoded_image_string != last.encoded_image_string
+
+
+# ---- 2. the embedding projector ------------------------------------------------------------------
+def test_projector_holds_the_test_posterior_means_labels_and_sprite(
+    tiny_run: Path,
+    test_split: tuple[Tensor, Tensor],
+    raw_test_labels: np.ndarray,
+    final_mu: np.ndarray,
+) -> None:
+    logdir = tiny_run / "tensorboard"
+    config = text_format.Parse(
+        (logdir / "projector_config.pbtxt").read_text(), projector_config_pb2.ProjectorConfig()
+    )
+    (embedding,) = config.embeddings
+    final_step = EPOCHS * _steps_per_epoch()
+    assert embedding.tensor_name == f"test_posterior_means:{final_step:05d}"
+    folder = logdir / Path(embedding.tensor_path).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["metadata.tsv", "sprite.png", "tensors.tsv"]
+    assert logdir / embedding.metadata_path == folder / "metadata.tsv"
+    assert logdir / embedding.sprite.image_path == folder / "sprite.png"
+    assert list(embedding.sprite.single_image_dim) == [TILE, TILE]
+
+    n = PROJECTOR_POINTS
+    metadata = (folder / "metadata.tsv").read_text().splitlines()
+    assert len(metadata) == n
+    np.testing.assert_array_equal([int(k) for k in metadata], raw_test_labels[:n])
+
+    tensors = np.loadtxt(folder / "tensors.tsv", delimiter="\t", ndmin=2)
+    assert tensors.shape == (n, 2)
+    np.testing.assert_allclose(tensors, final_mu[:n], rtol=0, atol=1e-5)
+
+    with Image.open(folder / "sprite.png") as im:
+        side = math.ceil(math.sqrt(n)) * TILE
+        assert im.size == (side, side)
+        sprite = np.asarray(im.convert("L")).astype(int)
+    # tile k at row k // 23, column k % 23 is test image k (8-bit, truncated); the rest is blank
+    per_row = side // TILE
+    digits = np.zeros((per_row * per_row, TILE, TILE))
+    digits[:n] = test_split[0][:n, 0].numpy() * 255
+    expected = digits.reshape(per_row, per_row, TILE, TILE).transpose(0, 2, 1, 3)
+    assert np.abs(sprite - expected.reshape(side, side)).max() <= 1
+
+
+# ---- 3. the latent scatter -----------------------------------------------------------------------
+def test_scatter_shows_every_posterior_mean_coloured_by_digit(
+    final_figures_grid7: dict, test_split: tuple[Tensor, Tensor], final_mu: np.ndarray
+) -> None:
+    fig = final_figures_grid7["latent_space"]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [str(k) for k in range(10)]
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("z₁", "z₂")
+    assert "PCA" not in ax.get_title()
+    (points,) = ax.collections
+    offsets = np.asarray(points.get_offsets())
+    colours = np.asarray(points.get_facecolors())[:, :3]
+    labels = test_split[1].numpy()
+    assert offsets.shape == (len(labels), 2)
+    # points are drawn in a shuffled order: match them to the means by sorting both
+    by_point = np.lexsort((offsets[:, 1], offsets[:, 0]))
+    by_mean = np.lexsort((final_mu[:, 1], final_mu[:, 0]))
+    np.testing.assert_allclose(offsets[by_point], final_mu[by_mean], rtol=0, atol=1e-6)
+    tab10 = np.asarray(colormaps["tab10"].colors)
+    np.testing.assert_allclose(colours[by_point], tab10[labels[by_mean]], atol=1e-6)
+
+
+def test_scatter_of_a_3d_latent_is_its_pca_projection() -> None:
+    from conftest import compose_config
+
+    # an untrained latent_dim=3 VAEModule built from the config, on random images
+    module = build_module(compose_config(["model.latent_dim=3"]), (1, 28, 28))
+    images = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(200) % 10
+    figures = render_figures(module, images, labels, options=FigureOptions(grid_size=3))
+    ax = figures["latent_space"].axes[0]
+    assert "PCA projection of the 3-D latent" in ax.get_title()
+    assert ax.get_xlabel().startswith("PC₁")
+    assert ax.get_ylabel().startswith("PC₂")
+    assert figures["manifold"].axes[0].get_xlabel() == "PC₁"
+    # the points are the means projected on their top two principal directions (up to sign)
+    with torch.no_grad():
+        mu = module.encode(images)[0].double().numpy()
+    centred = mu - mu.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    proj = centred @ vt[:2].T
+    offsets = np.asarray(ax.collections[0].get_offsets())
+    by_point = np.lexsort((np.abs(offsets[:, 1]), np.abs(offsets[:, 0])))
+    by_mean = np.lexsort((np.abs(proj[:, 1]), np.abs(proj[:, 0])))
+    np.testing.assert_allclose(
+        np.abs(offsets[by_point]), np.abs(proj[by_mean]), rtol=1e-4, atol=1e-5
+    )
+
+
+# ---- 4. the manifold -----------------------------------------------------------------------------
+class PixelCodeVAE(torch.nn.Module):
+    """A stand-in model whose pictures can be read back as numbers.
+
+    ``encode`` reads the posterior mean off the first ``d`` pixels (mapped [0, 1] → [-2, 2]);
+    ``decode`` paints z_k as the grey level (z_k + 8) / 16 of horizontal band k of the 28 × 28 tile.
+    """
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.band = math.ceil(TILE / latent_dim)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    @property
+    def device(self) -> torch.device:
+        return self.anchor.device
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu = (x.flatten(1)[:, : self.latent_dim] - 0.5) * 4
+        return mu, torch.zeros_like(mu)
+
+    def decode(self, z: Tensor) -> Tensor:
+        rows = ((z + 8) / 16).repeat_interleave(self.band, dim=1)[:, :TILE]  # (n, 28)
+        return rows[:, None, :, None].expand(-1, 1, TILE, TILE).contiguous()
+
+    def read_tile(self, tile: np.ndarray) -> np.ndarray:
+        """The z a decoded tile (28, 28) was painted from."""
+        return tile[:: self.band, 0][: self.latent_dim] * 16 - 8
+
+
+def _unit_sign(v: np.ndarray) -> np.ndarray:
+    """Flip a direction so that its entry of largest magnitude is positive (pca_2d's convention)."""
+    return v * np.sign(v[np.argmax(np.abs(v))])
+
+
+@pytest.mark.parametrize(("latent_dim", "n"), [(2, 20), (3, 7)])
+def test_manifold_tiles_decode_the_inverse_cdf_quantile_grid(latent_dim: int, n: int) -> None:
+    model = PixelCodeVAE(latent_dim)
+    gen = torch.Generator().manual_seed(1)
+    spread = torch.tensor([1.5, 0.7, 0.3][:latent_dim])
+    images = torch.rand(300, 1, TILE, TILE, generator=gen)
+    images[:, 0, 0, :latent_dim] = torch.randn(300, latent_dim, generator=gen) * spread / 4 + 0.5
+    images = images.clamp(0, 1)
+    labels = torch.arange(300) % 10
+    figures = render_figures(model, images, labels, options=FigureOptions(grid_size=n))
+    ax = figures["manifold"].axes[0]
+    grid = np.asarray(ax.images[0].get_array())  # the decoded grid as drawn
+    assert grid.shape[:2] == (n * (TILE + PAD) + PAD,) * 2
+
+    quantiles = norm.ppf((np.arange(n) + 0.5) / n)  # Φ⁻¹ of the cell midpoints
+    mu = model.encode(images)[0].double().numpy()
+    if latent_dim == 2:
+        center, basis, scale = np.zeros(2), np.eye(2), np.ones(2)
+        assert [t.get_text() for t in ax.get_xticklabels()] == [f"{q:.2f}" for q in quantiles]
+        assert [t.get_text() for t in ax.get_yticklabels()] == [f"{q:.2f}" for q in quantiles[::-1]]
+    else:  # the plane of the means' top two principal directions, scaled by their std
+        center = mu.mean(axis=0)
+        _, _, vt = np.linalg.svd(mu - center, full_matrices=False)
+        basis = np.stack([_unit_sign(vt[0]), _unit_sign(vt[1])])
+        scale = ((mu - center) @ basis.T).std(axis=0, ddof=1)
+    for i in range(n):
+        for j in range(n):
+            top, left = PAD + i * (TILE + PAD), PAD + j * (TILE + PAD)
+            tile = grid[top : top + TILE, left : left + TILE, 0]
+            # z₁ grows left → right, z₂ bottom → top
+            plane = np.array([quantiles[j], quantiles[n - 1 - i]]) * scale
+            expected = center + plane @ basis
+            np.testing.assert_allclose(model.read_tile(tile), expected, atol=1e-5)
+
+
+def _tile(grid: np.ndarray, i: int, j: int) -> np.ndarray:
+    """Tile (row i, column j) of a make_grid image (H, W[, C]) with 28 px tiles, 2 px padding."""
+    top, left = PAD + i * (TILE + PAD), PAD + j * (TILE + PAD)
+    return grid[top : top + TILE, left : left + TILE]
+
+
+def test_reconstructions_samples_and_interpolations_decode_the_right_latents() -> None:
+    model = PixelCodeVAE(2)
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(100, 1, TILE, TILE, generator=gen)
+    labels = torch.randperm(100, generator=gen) % 10
+    figures = render_figures(model, images, labels, options=FigureOptions(seed=5))
+    mu = model.encode(images)[0].numpy()
+
+    recon = figures["reconstructions"][0].numpy()  # 4 pairs of rows × 8: originals over recons
+    assert recon.shape[::-1] == EXPECTED_PX["reconstructions"]
+    for k in range(32):
+        row, col = divmod(k, 8)
+        np.testing.assert_array_equal(_tile(recon, 2 * row, col), images[k, 0].numpy())
+        np.testing.assert_allclose(
+            model.read_tile(_tile(recon, 2 * row + 1, col)), mu[k], atol=1e-5
+        )
+
+    samples = figures["samples"][0].numpy()  # 8 × 8 decodes of z ~ N(0, I), seeded by options.seed
+    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(5)).numpy()
+    for k in range(64):
+        np.testing.assert_allclose(model.read_tile(_tile(samples, *divmod(k, 8))), z[k], atol=1e-5)
+
+    paths = figures["interpolation"][0].numpy()  # row k: first digit k → first digit (k + 1) % 10
+    firsts = [int(np.flatnonzero(labels.numpy() == k)[0]) for k in range(10)]
+    for k in range(10):
+        start, end = mu[firsts[k]], mu[firsts[(k + 1) % 10]]
+        for t, s in enumerate(np.linspace(0, 1, 10)):
+            expected = (1 - s) * start + s * end
+            np.testing.assert_allclose(model.read_tile(_tile(paths, k, t)), expected, atol=1e-5)
+
+
+def test_png_files_of_the_run_have_the_expected_sizes_and_test_digits(
+    tiny_run: Path, test_split: tuple[Tensor, Tensor]
+) -> None:
+    for name, size in EXPECTED_PX.items():
+        with Image.open(tiny_run / f"{name}.png") as im:
+            assert im.size == size, name
+    # the upper row of each pair in reconstructions.png: the first 32 test images, 8 per row
+    recon = _rgb(tiny_run / "reconstructions.png")[:, :, 0]
+    digits = np.rint(test_split[0][:32, 0].numpy() * 255)
+    for k in range(32):
+        row, col = divmod(k, 8)
+        np.testing.assert_array_equal(_tile(recon, 2 * row, col), digits[k])
+
+
+def test_manifold_figure_renders_the_same_pixels_twice() -> None:
+    n = 20
+    image = torch.rand(3, *grid_px(n, n), generator=torch.Generator().manual_seed(0))
+    fig = plots.manifold_figure(image, plots.manifold_grid_coords(n))
+    first = plots.figure_to_tensor(fig)
+    assert torch.equal(plots.figure_to_tensor(fig), first)
+
+
+# ---- 5. the command line -------------------------------------------------------------------------
+def test_cli_redraws_the_run_pngs_from_last_ckpt(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], final_figures_grid7: dict
+) -> None:
+    out = tmp_path / "replot"
+    assert visualize.main([str(tiny_run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert sorted(printed) == sorted(str(out / f"{name}.png") for name in FIGURES)
+    for name, (width, height) in EXPECTED_PX.items():
+        redrawn = _rgb(out / f"{name}.png")
+        assert redrawn.shape == (height, width, 3), name
+        np.testing.assert_array_equal(redrawn, _rgb(tiny_run / f"{name}.png"), err_msg=name)
+
+    out7 = tmp_path / "grid7"
+    assert (
+        visualize.main(
+            [str(tiny_run / "checkpoints" / "last.ckpt"), "--out", str(out7), "--grid-size", "7"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    manifold7 = _rgb(out7 / "manifold.png")
+    assert manifold7.shape == (600, 600, 3)
+    assert not np.array_equal(manifold7, _rgb(out / "manifold.png"))
+    # it is the 7 × 7 manifold of the final model, and nothing else changed
+    reference = plots.figure_to_tensor(final_figures_grid7["manifold"])
+    np.testing.assert_array_equal(manifold7, _as_rgb_uint8(reference))
+    for name in ("latent_space", "reconstructions", "samples", "interpolation"):
+        np.testing.assert_array_equal(_rgb(out7 / f"{name}.png"), _rgb(out / f"{name}.png"))
+
+
+@pytest.mark.parametrize("what", ["missing", "empty_dir", "not_a_checkpoint"])
+def test_cli_bad_target_is_one_error_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    target = tmp_path / "target"
+    if what == "empty_dir":
+        target.mkdir()
+    elif what == "not_a_checkpoint":
+        target = tmp_path / "model.ckpt"
+        target.write_text("not a checkpoint\n")
+    assert visualize.main([str(target), "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: ")
+    assert str(target) in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_rejects_a_grid_size_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        visualize.main(["somewhere", "--grid-size", "0"])
+    assert exit_info.value.code == 2
+    assert re.search(r"--grid-size: expected an integer ≥ 1, got '0'", capsys.readouterr().err)
+
+
+# ---- 6. no global randomness, rank zero only -----------------------------------------------------
+def _global_rng_states() -> tuple:
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()  # noqa: NPY002
+
+
+@pytest.mark.parametrize("latent_dim", [1, 2, 3])
+def test_drawing_leaves_the_global_rngs_alone(latent_dim: int) -> None:
+    from conftest import compose_config
+
+    module = build_module(compose_config([f"model.latent_dim={latent_dim}"]), (1, 28, 28))
+    images = torch.rand(100, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(123)
+    before = _global_rng_states()
+    figures = render_figures(
+        module, images, torch.arange(100) % 10, options=FigureOptions(grid_size=4)
+    )
+    to_images(figures)
+    after = _global_rng_states()
+    assert torch.equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    assert before[2] == after[2]
+    assert module.training  # put back in the mode it was in
+
+
+class _StubDataModule:
+    class_names = tuple(str(k) for k in range(10))
+
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        images = (torch.rand(40, 1, 28, 28, generator=gen) * 255).to(torch.uint8)
+        self.test_dataset = SimpleNamespace(images=images, labels=torch.arange(40) % 10)
+
+    @staticmethod
+    def to_float(images: Tensor) -> Tensor:
+        return images.float() / 255
+
+
+def _fake_fit(
+    callback: LatentVisualizer,
+    tmp_path: Path,
+    *,
+    epochs_run: int,
+    max_epochs: int,
+    rank: int = 0,
+    steps_per_epoch: int = 8,
+) -> tuple[list[int], list[int]]:
+    """Call the hooks as Lightning does for a fit that stops after ``epochs_run`` epochs.
+
+    Returns (global steps at which figures were drawn, steps of the images/samples events).
+    """
+    logger = TensorBoardLogger(tmp_path, name="tb", version="")
+    trainer = SimpleNamespace(
+        is_global_zero=rank == 0,
+        sanity_checking=False,
+        current_epoch=0,
+        global_step=0,
+        max_epochs=max_epochs,
+        loggers=[logger],
+        datamodule=_StubDataModule(),
+        default_root_dir=str(tmp_path),
+    )
+    drawn: list[int] = []
+
+    def draw(trainer: SimpleNamespace, module: object) -> dict[str, Tensor]:
+        drawn.append(trainer.global_step)
+        return {"samples": torch.full((3, 6, 6), trainer.global_step / 100)}
+
+    callback._draw = draw  # the drawing itself is tested above; here: when it happens
+    module = PixelCodeVAE(2)
+    callback.on_fit_start(trainer, module)
+    for epoch in range(epochs_run):
+        trainer.current_epoch = epoch
+        trainer.global_step = (epoch + 1) * steps_per_epoch
+        callback.on_train_epoch_end(trainer, module)
+    callback.on_fit_end(trainer, module)
+    logger.finalize("success")
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    events = acc.Images("images/samples") if "images/samples" in acc.Tags()["images"] else []
+    return drawn, [e.step for e in events]
+
+
+@pytest.mark.parametrize(
+    ("every_n", "max_epochs", "epochs_run", "logged"),
+    [
+        (1, 3, 3, [8, 16, 24]),
+        (1, -1, 2, [8, 16]),  # max_epochs=-1 (stopped by max_steps): every epoch still gets images
+        (1, 10, 2, [8, 16]),  # early stopping: the last epoch is not logged twice
+        (2, 3, 3, [16, 24]),  # epoch 2 is not due; the end of training is
+        (2, 4, 4, [16, 32]),
+        (0, 3, 3, [24]),  # only at the end
+    ],
+)
+def test_each_due_epoch_and_the_end_get_exactly_one_set_of_images(
+    tmp_path: Path, every_n: int, max_epochs: int, epochs_run: int, logged: list[int]
+) -> None:
+    callback = LatentVisualizer(every_n_epochs=every_n, projector=False)
+    drawn, steps = _fake_fit(callback, tmp_path, epochs_run=epochs_run, max_epochs=max_epochs)
+    assert steps == logged
+    due = [8 * (e + 1) for e in range(epochs_run) if every_n and (e + 1) % every_n == 0]
+    assert set(drawn) == {*due, 8 * epochs_run}
+    assert drawn[-1] == 8 * epochs_run  # the PNGs are drawn from the final model
+    png = _rgb(tmp_path / "samples.png")
+    assert png.shape == (6, 6, 3)
+    assert np.all(png == round(255 * 8 * epochs_run / 100))
+
+
+def test_only_global_rank_zero_draws_or_writes(tmp_path: Path) -> None:
+    callback = LatentVisualizer(every_n_epochs=1, projector=True)
+    drawn, steps = _fake_fit(callback, tmp_path, epochs_run=2, max_epochs=2, rank=1)
+    assert drawn == []
+    assert steps == []
+    assert not list(tmp_path.glob("*.png"))
+    assert not list(tmp_path.rglob("projector_config.pbtxt"))
