@@ -126,3 +126,12 @@ def test_bad_values_fail_before_training(make_cfg, override: str, message: str) 
         train(cfg)
     assert str(err.value).startswith(message), str(err.value)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_bf16_mixed_precision_path_runs_on_cpu(make_cfg) -> None:
+    """The GPU preset's precision, exercised on the CPU: autocast must not break the loss terms."""
+    metrics = train(make_cfg("trainer.precision=bf16-mixed", "trainer.max_epochs=1"))
+    for key in ("val/loss", "test/loss", "test/nll_iw"):
+        assert math.isfinite(metrics[key]), key
+    # an untrained model scores ≈ 543 nats; 8 bf16 steps must already have lowered it
+    assert metrics["test/loss"] < 450

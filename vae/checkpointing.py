@@ -87,12 +87,19 @@ _CKPT_HINT = (
 )
 
 
-def check_resumable(ckpt_path: str | os.PathLike[str], model_cfg: Mapping[str, Any]) -> None:
+def check_resumable(
+    ckpt_path: str | os.PathLike[str],
+    model_cfg: Mapping[str, Any],
+    optim_cfg: Mapping[str, Any] | None = None,
+) -> None:
     """Raise :class:`ConfigError` unless ``ckpt_path`` is a checkpoint of the network in ``model_cfg``.
 
     ``model_cfg`` is the plain ``model`` config (lists as lists). Only the network keys are
-    compared: the objective (β, warm-up, free bits) may change between the two runs. Every message
-    is one line naming ``ckpt_path``, what is wrong and how to fix it.
+    compared: the objective (β, warm-up, free bits) may change between the two runs. With
+    ``optim_cfg`` (the plain ``optim`` config) every optimiser key must match too: resuming restores
+    the optimiser's and the scheduler's state, learning rate and weight decay included, so a changed
+    value would silently not take effect (while the new checkpoint's hyper-parameters claimed it
+    had). Every message is one line naming ``ckpt_path``, what is wrong and how to fix it.
     """
     path = Path(ckpt_path)
     if not path.is_file():
@@ -120,6 +127,17 @@ def check_resumable(ckpt_path: str | os.PathLike[str], model_cfg: Mapping[str, A
                 f"ckpt_path={str(path)!r} was trained with model.{key}={_plain(saved[key])!r} but the "
                 f"config says model.{key}={_plain(model_cfg[key])!r}; resume with the same model "
                 "settings (the run's config.yaml has them)"
+            )
+    saved_optim = ckpt.get("hyper_parameters", {}).get("optim")
+    if optim_cfg is None or not isinstance(saved_optim, Mapping):
+        return
+    for key, value in optim_cfg.items():
+        if key in saved_optim and _plain(saved_optim[key]) != _plain(value):
+            raise ConfigError(
+                f"ckpt_path={str(path)!r} was trained with optim.{key}={_plain(saved_optim[key])!r} "
+                f"but the config says optim.{key}={_plain(value)!r}, which a resumed run would "
+                "ignore (it restores the checkpoint's optimizer and schedule); resume with the "
+                "same optim settings (the run's config.yaml has them), or start a new run"
             )
 
 

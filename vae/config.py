@@ -73,6 +73,7 @@ def int_list() -> tuple[Callable[[Any], bool], str]:
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": int_at_least(0),
     "test": boolean(),
+    "compile": boolean(),
     "model.architecture": one_of(ARCHITECTURES),
     "model.latent_dim": int_at_least(1),
     "model.hidden_dims": int_list(),

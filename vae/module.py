@@ -46,7 +46,7 @@ NETWORK_KEYS = (
 )
 ACTIVE_UNIT_THRESHOLD = 0.01
 EVAL_NOISE_BLOCK = 4096
-CHECK_FINITE_EVERY_N_STEPS = 50
+TRAIN_TERMS = ("loss", "recon", "kl", "objective")
 
 
 def _derive_seed(*parts: object) -> int:
@@ -57,6 +57,58 @@ def _derive_seed(*parts: object) -> int:
 
 class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; raised before anything is checkpointed."""
+
+
+class TrainTerms:
+    """Batch means of the training terms (:data:`TRAIN_TERMS`), summed on the device.
+
+    ``add`` costs two in-place additions and a few element-wise ops, never a host sync. It also
+    remembers the first step at which a term was non-finite and which terms were.
+    ``read_window`` / ``read_epoch`` return the image-weighted means since the last read (one sync).
+    """
+
+    def __init__(self) -> None:
+        self.window = self.epoch = self.bad_step = self.bad_terms = None
+        self.window_n = self.epoch_n = 0
+
+    def add(self, terms: Tensor, *, n: int, step: int) -> None:
+        if self.window is None or self.window.device != terms.device:
+            self.window = torch.zeros_like(terms)
+            self.epoch = torch.zeros_like(terms)
+            self.bad_step = torch.full((), -1, dtype=torch.long, device=terms.device)
+            self.bad_terms = torch.zeros(terms.shape, dtype=torch.bool, device=terms.device)
+        weighted = terms * n
+        self.window += weighted
+        self.epoch += weighted
+        self.window_n += n
+        self.epoch_n += n
+        non_finite = ~torch.isfinite(terms)
+        first = non_finite.any() & (self.bad_step < 0)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_terms = torch.where(first, non_finite, self.bad_terms)
+
+    def read_window(self) -> list[float]:
+        means = (self.window / max(self.window_n, 1)).tolist()
+        self.window.zero_()
+        self.window_n = 0
+        return means
+
+    def read_epoch(self) -> list[float]:
+        if self.epoch is None:
+            return [math.nan] * len(TRAIN_TERMS)
+        means = (self.epoch / max(self.epoch_n, 1)).tolist()
+        self.epoch.zero_()
+        self.epoch_n = 0
+        return means
+
+    def first_non_finite(self) -> tuple[int, list[str]] | None:
+        """(step, names of the non-finite terms) of the first bad step, or None."""
+        if self.bad_step is None or int(self.bad_step) < 0:
+            return None
+        flags = dict(zip(TRAIN_TERMS, self.bad_terms.tolist(), strict=True))
+        # recon or kl is the cause when one of them is; otherwise the objective (e.g. β · inf)
+        names = [k for k in ("recon", "kl") if flags[k]] or ["objective"]
+        return int(self.bad_step), names
 
 
 class ColumnMoments(Metric):
@@ -128,11 +180,12 @@ class VAEModule(L.LightningModule):
         self.eval_counts = torch.nn.ModuleDict({s: SumMetric() for s in stages})
         self.mu_moments = ColumnMoments(self.latent_dim)
         self.kl_dim_moments = ColumnMoments(self.latent_dim)
-        # first training step whose recon / kl was non-finite (−1: none yet); kept on the device and
-        # read back only every CHECK_FINITE_EVERY_N_STEPS steps and before validation, so the
-        # training loop does not wait for the device at every step
-        # (a plain tensor, not a buffer: DDP would broadcast a buffer from rank 0 at every forward)
-        self._first_bad = torch.full((3,), -1, dtype=torch.long)
+        self.train_terms = TrainTerms()
+
+    def compile_networks(self) -> None:
+        """``torch.compile`` the encoder and decoder in place (state-dict keys are unchanged)."""
+        self.vae.encoder.compile()
+        self.vae.decoder.compile()
 
     # ---- the user-facing model -------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,58 +240,26 @@ class VAEModule(L.LightningModule):
         t = self.elbo_terms(x)
         beta = self.current_beta()
         objective = t["recon"].mean() + beta * self.kl_objective(t["mu"], t["logvar"])
-        self._track_finite(t["recon"], t["kl"], objective)
-        self.log_dict(
-            {
-                "train/loss": t["loss"].mean().detach(),
-                "train/recon": t["recon"].mean().detach(),
-                "train/kl": t["kl"].mean().detach(),
-                "train/objective": objective.detach(),
-            },
-            on_step=True,
-            on_epoch=True,
-            batch_size=x.shape[0],
-        )
-        if self.kl_warmup_steps > 0:
-            self.log("train/beta", beta, on_step=True, on_epoch=False)
+        terms = torch.stack([t["loss"].mean(), t["recon"].mean(), t["kl"].mean(), objective])
+        self.train_terms.add(terms.detach(), n=x.shape[0], step=self.global_step)
         return objective
 
-    # ---- the non-finite guard -------------------------------------------------------------------
-    def _track_finite(self, recon: Tensor, kl: Tensor, objective: Tensor) -> None:
-        """Remember (step, recon bad, kl bad) of the first non-finite step, without a host sync."""
-        recon_bad, kl_bad = ~torch.isfinite(recon).all(), ~torch.isfinite(kl).all()
-        bad = recon_bad | kl_bad | ~torch.isfinite(objective)
-        record = torch.stack(
-            [
-                torch.full_like(recon_bad, self.global_step, dtype=torch.long),
-                recon_bad.long(),
-                kl_bad.long(),
-            ]
-        )
-        if self._first_bad.device != bad.device:
-            self._first_bad = self._first_bad.to(bad.device)
-        first = bad & (self._first_bad[0] < 0)
-        self._first_bad = torch.where(first, record, self._first_bad)
-
-    def check_finite(self) -> None:
-        """Raise :class:`NonFiniteLossError` naming the step and the term if the loss went NaN/inf."""
-        step, recon_bad, kl_bad = self._first_bad.tolist()
-        if step < 0:
-            return
-        terms = [name for name, b in (("recon", recon_bad), ("kl", kl_bad)) if b] or ["objective"]
-        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or None
-        kept = (
-            f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written yet"
-        )
-        raise NonFiniteLossError(
-            f"training stopped: the loss became non-finite at step {step} "
-            f"(term: {', '.join(terms)}; optim.lr={self.hparams.optim['lr']}); {kept}. "
-            "Lower optim.lr or clip gradients (trainer.gradient_clip_val=1.0)"
-        )
-
+    # ---- training metrics and the non-finite guard -------------------------------------------
+    # Lightning's self.log costs about a millisecond per call on this CPU, as much as a training
+    # step of the small MLP, so the training terms are summed on the device (no host sync) and
+    # read back every `trainer.log_every_n_steps` steps, when they are logged and checked.
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.global_step % CHECK_FINITE_EVERY_N_STEPS == 0:
-            self.check_finite()
+        if self.global_step % self.trainer.log_every_n_steps != 0:
+            return
+        means = self.train_terms.read_window()  # the one host sync per logging interval
+        self.check_finite()
+        if self.trainer.is_global_zero:
+            metrics = {f"train/{k}_step": v for k, v in zip(TRAIN_TERMS, means, strict=True)}
+            if self.kl_warmup_steps > 0:
+                metrics["train/beta"] = self.current_beta()
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=self.global_step)
+        self.log("loss", means[0], prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def on_validation_epoch_start(self) -> None:
         if self.trainer.state.fn == "fit":
@@ -246,6 +267,26 @@ class VAEModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.check_finite()
+        means = self.train_terms.read_epoch()
+        self.log_dict(
+            {f"train/{k}_epoch": v for k, v in zip(TRAIN_TERMS, means, strict=True)}, sync_dist=True
+        )
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` naming the step and the term if the loss went NaN/inf."""
+        bad = self.train_terms.first_non_finite()
+        if bad is None:
+            return
+        step, names = bad
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or None
+        kept = (
+            f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written yet"
+        )
+        raise NonFiniteLossError(
+            f"training stopped: the loss became non-finite at step {step} "
+            f"(term: {', '.join(names)}; optim.lr={self.hparams.optim['lr']}); {kept}. "
+            "Lower optim.lr or clip gradients (trainer.gradient_clip_val=1.0)"
+        )
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -69,6 +69,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule.dims)
+    if cfg.get("compile"):
+        module.compile_networks()
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
