@@ -38,6 +38,8 @@ def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
     assert list(cfg.model.hidden_dims) == [512, 256]
     assert cfg.model.likelihood == "bernoulli"
     assert cfg.trainer.accelerator == "auto"
+    assert cfg.trainer.max_epochs == 100
+    assert cfg.optim.lr == 2e-3
     assert cfg.data.batch_size == 128
     assert cfg.data.val_size == 5000
     assert cfg.data.binarize == "none"

@@ -135,8 +135,8 @@ def check_resumable(
         if key in saved_optim and _plain(saved_optim[key]) != _plain(value):
             raise ConfigError(
                 f"ckpt_path={str(path)!r} was trained with optim.{key}={_plain(saved_optim[key])!r} "
-                f"but the config says optim.{key}={_plain(value)!r}, which a resumed run would "
-                "ignore (it restores the checkpoint's optimizer and schedule); resume with the "
+                f"but the config says optim.{key}={_plain(value)!r}, which a resumed run would not "
+                "apply (it restores the checkpoint's optimizer and schedule); resume with the "
                 "same optim settings (the run's config.yaml has them), or start a new run"
             )
 

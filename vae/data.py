@@ -152,7 +152,10 @@ def _decompress(path: Path, raw: bytes) -> bytes:
                 "delete it and download it again, or replace it."
             )
     except (zlib.error, OSError, EOFError) as err:
-        raise DatasetError(f"{path}: cannot decompress ({err}); the file is corrupt.") from err
+        raise DatasetError(
+            f"{path}: cannot decompress ({err}); the file is corrupt: delete it and download it "
+            "again (data.download=true), or replace it."
+        ) from err
     return out
 
 
@@ -188,7 +191,8 @@ def read_idx(
         found = data[:4].hex() if data else "(empty file)"
         raise DatasetError(
             f"{path}: not an IDX file of unsigned bytes: magic number 0x{found}, "
-            f"expected 0x000008NN (NN = number of dimensions)."
+            f"expected 0x000008NN (NN = number of dimensions): delete it and download it again "
+            "(data.download=true), or replace it."
         )
     nd = data[3]
     if ndim is not None and nd != ndim:
@@ -325,7 +329,8 @@ def load_split(
     if images.shape[0] != labels.shape[0]:
         raise DatasetError(
             f"{paths[img_name]} holds {images.shape[0]:,} images but {paths[lbl_name]} holds "
-            f"{labels.shape[0]:,} labels."
+            f"{labels.shape[0]:,} labels: they do not belong together; delete both and download "
+            "them again (data.download=true), or replace them."
         )
     if tuple(images.shape[1:]) != (28, 28):
         raise DatasetError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -278,10 +279,15 @@ class VAEModule(L.LightningModule):
         if bad is None:
             return
         step, names = bad
-        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or None
-        kept = (
-            f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint had been written yet"
-        )
+        callback = self.trainer.checkpoint_callback
+        ckpt = getattr(callback, "last_model_path", "") or None
+        dirpath = getattr(callback, "dirpath", None)
+        if ckpt:
+            kept = f"the last good checkpoint is {ckpt}"
+        elif dirpath and any(Path(dirpath).glob("*.ckpt")):
+            kept = f"this run wrote no checkpoint; those already in {dirpath} are untouched"
+        else:
+            kept = "no checkpoint had been written yet"
         raise NonFiniteLossError(
             f"training stopped: the loss became non-finite at step {step} "
             f"(term: {', '.join(names)}; optim.lr={self.hparams.optim['lr']}); {kept}. "

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -13,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from vae.checkpointing import AtomicCheckpointIO, check_resumable
@@ -33,11 +37,56 @@ def _ensure_writable(directory: Path) -> None:
         ) from None
 
 
+def _instantiate(cfg: Any, **kwargs: Any) -> Any:
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
+
+
+def _build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    try:
+        return _instantiate(cfg.trainer, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (MisconfigurationException, ValueError)):
+            raise ConfigError(f"trainer: {' '.join(str(cause).split())}") from None
+        raise
+
+
+class CheckRunDir(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(str(config.hydra.run.dir)).absolute()
+        existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            what = "not a directory" if not existing.is_dir() else "not writable"
+            print(
+                f"error: paths.log_dir={str(config.paths.log_dir)!r}: cannot create the run "
+                f"directory there ({existing} is {what}); choose another location with "
+                "paths.log_dir=<dir>",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+
+def _write_config(output_dir: Path, text: str) -> Path:
+    path, k = output_dir / "config.yaml", 0
+    while path.exists() and path.read_text() != text:
+        k += 1
+        path = output_dir / f"config.{k}.yaml"
+    path.write_text(text)
+    return path
+
+
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a config group that has a ``_target_`` (callbacks, loggers)."""
     if not group:
         return []
-    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [
+        _instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c
+    ]
 
 
 def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> VAEModule:
@@ -62,22 +111,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     validate_config(cfg)
     if cfg.get("ckpt_path"):
-        check_resumable(cfg.ckpt_path, OmegaConf.to_container(cfg.model, resolve=True))
+        check_resumable(
+            cfg.ckpt_path,
+            OmegaConf.to_container(cfg.model, resolve=True),
+            OmegaConf.to_container(cfg.optim, resolve=True),
+        )
     output_dir = Path(cfg.paths.output_dir)
     _ensure_writable(output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = _instantiate(cfg.data)
+    if not getattr(datamodule, "download", True):
+        datamodule.prepare_data()
     module = build_module(cfg, datamodule.dims)
     if cfg.get("compile"):
         module.compile_networks()
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    trainer = _build_trainer(
+        cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     if trainer.is_global_zero:
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        _write_config(output_dir, OmegaConf.to_yaml(cfg, resolve=True))
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

@@ -1,0 +1,711 @@
+"""A catalogue of bad inputs (docs/errors.md): what the user sees, and that nothing is lost.
+
+Every case goes through the user-facing path: ``vae.training.run_cli(cfg)`` in-process (a
+``UserError`` becomes ``SystemExit(2)`` and one ``error: ...`` line on stderr), and a few real
+``python train.py ...`` subprocesses prove the whole command line prints one line and no traceback.
+The subprocesses are started when this module's first test runs and collected by the CLI tests, so
+their ~6 s of imports overlap with the in-process tests.
+
+The function-level data errors (``read_idx``, ``load_split``, ``locate_files``) are tested in
+tests/test_data.py; here the same failures are reached through ``run_cli``. Files are built in
+``tmp_path``: copies of ``$VAE_DATA_DIR/MNIST/raw/*`` (the shared originals are only read) or small
+synthetic IDX files with their checksums patched in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from conftest import TINY, compose_config
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from idx_helpers import NAMES, fake_mnist, idx_bytes, sha256, write_fake_raw, write_file
+from omegaconf import DictConfig, OmegaConf
+
+from vae import data
+from vae.checkpointing import check_resumable
+from vae.config import ConfigError
+from vae.losses import discrete_kl
+from vae.module import VAEModule
+from vae.training import build_module, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINER_OPTIONS = sorted(p.stem for p in (REPO / "configs" / "trainer").glob("*.yaml"))
+#: the absurd learning rate of the non-finite case: the loss is inf/NaN from the second step on
+ABSURD_LR = "1e30"
+#: what a message that tells the user how to fix a data file contains (one of them)
+DATA_FIX_WORDS = ("data.download=true", "download it again", "replace it")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a busy 2-core machine: one thread is ~5x faster than two fighting over it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def error_line(cfg: DictConfig, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``run_cli(cfg)``, expect exit 2 and exactly one stderr line ``error: ...``; return it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(cfg)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``directory``, by relative path."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def tiny(*overrides: str, output_dir: Path) -> DictConfig:
+    return compose_config([*TINY, *overrides], output_dir=output_dir)
+
+
+def first_nonfinite_step(cfg: DictConfig) -> tuple[int, list[str]] | None:
+    """Reproduce ``cfg``'s training by hand (seed, init, data order, Adam) without Lightning.
+
+    Returns the first step whose recon / kl / objective is not finite, and the bad terms. ``cfg``
+    must use ``optim.scheduler=none`` (the cosine schedule needs a Trainer).
+    """
+    assert cfg.optim.scheduler == "none"
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = instantiate(cfg.data)
+    module = build_module(cfg, dm.dims)
+    dm.setup("fit")
+    optimizer = module.configure_optimizers()
+    for step, batch in enumerate(dm.train_dataloader()):
+        if step >= cfg.trainer.limit_train_batches:
+            return None
+        t = module.elbo_terms(dm.to_float(batch[0], train=True))
+        objective = t["recon"].mean() + module.kl_objective(t["mu"], t["logvar"])
+        # batch means: a NaN/inf image makes its term's mean non-finite too
+        bad = [k for k in ("recon", "kl") if not torch.isfinite(t[k].mean())]
+        if bad or not torch.isfinite(objective):
+            return step, bad or ["objective"]
+        optimizer.zero_grad()
+        objective.backward()
+        optimizer.step()
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# bad config values (checked before anything is built: no data needed)
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("model.latent_dim=0", "error: model.latent_dim=0: expected an integer ≥ 1"),
+        ("model.latent_dim=-3", "error: model.latent_dim=-3: expected an integer ≥ 1"),
+        ("model.latent_dim=abc", "error: model.latent_dim='abc': expected an integer ≥ 1"),
+        ("model.latent_dim=2.5", "error: model.latent_dim=2.5: expected an integer ≥ 1"),
+        ("data.batch_size=0", "error: data.batch_size=0: expected an integer ≥ 1"),
+        ("optim.lr=-1", "error: optim.lr=-1: expected a finite number > 0"),
+        (
+            "model.likelihood=poisson",
+            "error: model.likelihood='poisson': expected one of bernoulli, "
+            "continuous_bernoulli, gaussian",
+        ),
+        (
+            "data.binarize=yes",
+            "error: data.binarize='yes': expected one of none, dynamic, static",
+        ),
+    ],
+)
+def test_bad_config_value_is_one_line(
+    override: str, line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert error_line(tiny(override, output_dir=tmp_path / "run"), capsys) == line
+    assert not (tmp_path / "run").exists()  # rejected before the run directory is made
+
+
+def test_bad_trainer_argument_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sums = write_fake_raw(tmp_path / "data" / "MNIST" / "raw", fake_mnist(n_train=300, n_test=100))
+    monkeypatch.setitem(data.SHA256, "mnist", sums)  # valid data: only the Trainer is wrong
+    cfg = tiny("trainer.devices=0", f"data.root={tmp_path}/data", output_dir=tmp_path / "run")
+    assert "devices=0" in error_line(cfg, capsys)
+
+
+# ---------------------------------------------------------------------------------------------
+# the data: missing, corrupt, inconsistent files
+
+
+def _copy_real(mnist_root: Path, root: Path) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in NAMES:
+        shutil.copyfile(mnist_root / "MNIST" / "raw" / f"{name}.gz", raw / f"{name}.gz")
+    return raw
+
+
+def _one_file_missing(raw: Path) -> Path:
+    (raw / f"{NAMES[3]}.gz").unlink()
+    return raw / NAMES[3]
+
+
+def _wrong_checksum(raw: Path) -> Path:
+    path = raw / f"{NAMES[1]}.gz"  # one label changed: a valid file, not the published one
+    payload = bytearray(gzip.decompress(path.read_bytes()))
+    payload[100] = (payload[100] + 1) % 10
+    path.write_bytes(gzip.compress(bytes(payload), mtime=0))
+    return path
+
+
+def _truncated_gzip(raw: Path) -> Path:
+    path = raw / f"{NAMES[0]}.gz"
+    path.write_bytes(path.read_bytes()[:1_000_000])
+    return path
+
+
+def _corrupt_gzip(raw: Path) -> Path:
+    path = raw / f"{NAMES[0]}.gz"
+    blob = bytearray(path.read_bytes())
+    blob[5000:5100] = bytes(100)  # zeros in the middle of the deflate stream
+    path.write_bytes(bytes(blob))
+    return path
+
+
+def _wrong_magic(raw: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    arrays = fake_mnist(n_train=300, n_test=100)
+    sums = write_fake_raw(raw, arrays)
+    payload = bytearray(idx_bytes(arrays[NAMES[0]]))
+    payload[2] = 0x0D  # IDX type "float" instead of "unsigned byte"
+    path = write_file(raw / f"{NAMES[0]}.gz", bytes(payload), gz=True)
+    sums[NAMES[0]] = sha256(bytes(payload))  # the checksum is checked first: let it pass
+    monkeypatch.setitem(data.SHA256, "mnist", sums)
+    return path
+
+
+def _count_mismatch(raw: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    arrays = fake_mnist(n_train=300, n_test=100)
+    arrays[NAMES[1]] = arrays[NAMES[1]][:299]
+    monkeypatch.setitem(data.SHA256, "mnist", write_fake_raw(raw, arrays))
+    return raw / f"{NAMES[1]}.gz"
+
+
+#: case → (files: "real" copies or "synthetic", how to break them, start of the error line)
+DATA_CASES = {
+    "one_file_missing": ("real", _one_file_missing, "error: MNIST files missing: "),
+    "wrong_checksum": ("real", _wrong_checksum, "SHA-256 of the IDX payload is "),
+    "truncated_gzip": ("real", _truncated_gzip, "the gzip stream ends early"),
+    "corrupt_gzip": ("real", _corrupt_gzip, "cannot decompress"),
+    "wrong_magic": ("synthetic", _wrong_magic, "not an IDX file of unsigned bytes: magic"),
+    "count_mismatch": ("synthetic", _count_mismatch, "holds 300 images but "),
+}
+NO_FIX_YET = {"corrupt_gzip", "wrong_magic", "count_mismatch"}
+
+
+def _broken_data(
+    case: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[DictConfig, Path, str]:
+    kind, breaker, expected = DATA_CASES[case]
+    root = tmp_path / "data"
+    if kind == "real":
+        raw = _copy_real(request.getfixturevalue("mnist_root"), root)
+        path = breaker(raw)
+    else:
+        raw = root / "MNIST" / "raw"
+        path = breaker(raw, monkeypatch)
+    cfg = tiny(f"data.root={root}", output_dir=tmp_path / "run")
+    return cfg, path, expected
+
+
+def test_missing_data_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tiny(f"data.root={tmp_path}/nowhere", output_dir=tmp_path / "run")
+    line = error_line(cfg, capsys)
+    assert line.startswith("error: MNIST files missing: train-images-idx3-ubyte[.gz], ")
+    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in line
+    assert "data.download=true" in line
+    assert "data.root" in line
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_bad_data_file_is_one_line_naming_the_file(
+    case: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg, path, expected = _broken_data(case, tmp_path, request, monkeypatch)
+    before = snapshot(path.parent)
+    line = error_line(cfg, capsys)
+    assert expected in line
+    # the file is named (a missing one by its name: it may be .gz or not)
+    assert (path.name if case == "one_file_missing" else str(path)) in line
+    if case not in NO_FIX_YET:
+        assert any(word in line for word in DATA_FIX_WORDS), line
+    assert snapshot(path.parent) == before  # the broken files are reported, never deleted
+
+
+@pytest.mark.parametrize("case", sorted(NO_FIX_YET))
+def test_bad_data_file_message_says_how_to_fix_it(
+    case: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg, _, _ = _broken_data(case, tmp_path, request, monkeypatch)
+    line = error_line(cfg, capsys)
+    assert any(word in line for word in DATA_FIX_WORDS), line
+
+
+# ---------------------------------------------------------------------------------------------
+# the output directory
+
+
+def test_output_dir_under_a_regular_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path under a regular file cannot be created, even by root (chmod does not stop root)."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me\n")
+    out = blocker / "sub"
+    line = error_line(tiny(output_dir=out), capsys)
+    assert line == (
+        f"error: paths.output_dir={str(out)!r}: not writable (Not a directory); "
+        "choose another location with paths.log_dir=<dir>"
+    )
+    assert blocker.read_text() == "keep me\n"
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes to read-only directories"
+)
+def test_read_only_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        line = error_line(tiny(output_dir=locked / "run"), capsys)
+    finally:
+        locked.chmod(0o700)
+    assert line.startswith(f"error: paths.output_dir={str(locked / 'run')!r}: not writable")
+    assert "(Permission denied)" in line
+    assert list(locked.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# ckpt_path: missing, not a checkpoint, not of this model (no trained model needed)
+
+HINT = "pass a checkpoint written by train.py, such as logs/train/runs/<run>/checkpoints/last.ckpt"
+
+
+def _write_bad_checkpoint(kind: str, path: Path) -> None:
+    if kind == "text_file":
+        path.write_text("hello, not a checkpoint\n")
+    elif kind == "empty_file":
+        path.write_bytes(b"")
+    elif kind == "other_dict":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "a_list":
+        torch.save([1, 2, 3], path)
+    elif kind == "other_lightning_model":
+        torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, path)
+    elif kind == "directory":
+        path.mkdir()
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("missing", "no such file"),
+        ("directory", "a directory, not a file"),
+        (
+            "text_file",
+            "not a readable checkpoint (UnpicklingError: Memo value not found at index 101): "
+            "the file is truncated, corrupt or not written by torch.save",
+        ),
+        (
+            "empty_file",
+            "not a readable checkpoint (EOFError: Ran out of input): the file is truncated, "
+            "corrupt or not written by torch.save",
+        ),
+        (
+            "other_dict",
+            "not a checkpoint of vae.module.VAEModule (it holds a dict with keys weights, "
+            "no state_dict)",
+        ),
+        ("a_list", "not a checkpoint of vae.module.VAEModule (it holds a list)"),
+        (
+            "other_lightning_model",
+            "not a checkpoint of vae.module.VAEModule (a Lightning checkpoint of another model: "
+            "its hyper_parameters have no model config)",
+        ),
+    ],
+)
+def test_bad_ckpt_path_is_one_line(
+    kind: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / f"{kind}.ckpt"
+    _write_bad_checkpoint(kind, ckpt)
+    before = snapshot(tmp_path)
+    line = error_line(tiny(f"+ckpt_path={ckpt}", output_dir=tmp_path / "run"), capsys)
+    assert line == f"error: ckpt_path={str(ckpt)!r}: {problem}; {HINT}"
+    assert snapshot(tmp_path) == before  # nothing written, the file left as it was
+
+
+# ---------------------------------------------------------------------------------------------
+# after a real run: a truncated checkpoint, a different model, a loss that becomes non-finite
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """A tiny real run (8 steps) that wrote checkpoints/last.ckpt into its run directory."""
+    run_dir = tmp_path_factory.mktemp("first") / "run"
+    cfg = tiny("test=false", "~callbacks.visualize", output_dir=run_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_cli(cfg)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    return run_dir
+
+
+def test_truncated_real_checkpoint(
+    first_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = first_run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(before[: len(before) // 2])
+    line = error_line(tiny(f"+ckpt_path={cut}", output_dir=tmp_path / "run"), capsys)
+    assert line == (
+        f"error: ckpt_path={str(cut)!r}: not a readable checkpoint (RuntimeError: "
+        "PytorchStreamReader failed reading zip archive: failed finding central directory): "
+        f"the file is truncated, corrupt or not written by torch.save; {HINT}"
+    )
+    assert last.read_bytes() == before
+
+
+def test_resume_with_a_different_latent_dim(
+    first_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = first_run / "checkpoints" / "last.ckpt"
+    before = snapshot(first_run)
+    cfg = tiny(f"+ckpt_path={last}", "model.latent_dim=5", output_dir=first_run)
+    assert error_line(cfg, capsys) == (
+        f"error: ckpt_path={str(last)!r} was trained with model.latent_dim=2 but the config says "
+        "model.latent_dim=5; resume with the same model settings (the run's config.yaml has them)"
+    )
+    assert snapshot(first_run) == before
+
+
+def test_check_resumable_refuses_a_different_optimizer_setting(first_run: Path) -> None:
+    """Resuming restores the optimizer's state (its lr included): a new optim.lr would not apply."""
+    last = first_run / "checkpoints" / "last.ckpt"
+    cfg = compose_config(["optim.lr=1e-5"])
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    check_resumable(last, model)  # the network matches
+    with pytest.raises(ConfigError) as err:
+        check_resumable(last, model, optim)
+    assert str(err.value) == (
+        f"ckpt_path={str(last)!r} was trained with optim.lr=0.001 but the config says "
+        "optim.lr=1e-05, which a resumed run would not apply (it restores the checkpoint's "
+        "optimizer and schedule); resume with the same optim settings (the run's config.yaml "
+        "has them), or start a new run"
+    )
+    check_resumable(last, model, {**optim, "lr": 0.001})
+
+
+def test_resume_with_a_different_lr_is_one_line(
+    first_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = first_run / "checkpoints" / "last.ckpt"
+    # max_epochs=1: the checkpoint is at the end of epoch 0, so today nothing is trained (exit 0)
+    cfg = tiny(
+        f"+ckpt_path={last}",
+        "optim.lr=1e-5",
+        "test=false",
+        "~callbacks.visualize",
+        output_dir=tmp_path / "run",
+    )
+    assert "optim.lr=1e-05" in error_line(cfg, capsys)
+
+
+NONFINITE = (f"optim.lr={ABSURD_LR}", "optim.scheduler=none", "test=false", "~callbacks.visualize")
+
+
+@contextlib.contextmanager
+def recording_stops() -> Iterator[list[int]]:
+    """Patch ``VAEModule.check_finite`` to record the global step at which it stopped training."""
+    stopped_at: list[int] = []
+    check = VAEModule.check_finite
+
+    def recording(self: VAEModule) -> None:
+        try:
+            check(self)
+        except Exception:
+            stopped_at.append(self.global_step)
+            raise
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VAEModule, "check_finite", recording)
+        yield stopped_at
+
+
+@pytest.fixture(scope="module")
+def nonfinite(first_run: Path) -> SimpleNamespace:
+    """A second run with an absurd lr into the first run's directory: what it said and left."""
+    before = snapshot(first_run)
+    err = io.StringIO()
+    with (
+        recording_stops() as stopped_at,
+        contextlib.redirect_stderr(err),
+        pytest.raises(SystemExit) as exc,
+    ):
+        run_cli(tiny(*NONFINITE, output_dir=first_run))
+    return SimpleNamespace(
+        code=exc.value.code,
+        lines=err.getvalue().splitlines(),
+        before=before,
+        after=snapshot(first_run),
+        stopped_at=stopped_at,
+    )
+
+
+def _error_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("error: ")]
+
+
+def test_nonfinite_loss_stops_with_one_line(nonfinite: SimpleNamespace) -> None:
+    assert nonfinite.code == 2
+    (line,) = _error_lines(nonfinite.lines)
+    assert line == nonfinite.lines[-1]
+    assert line.startswith(
+        "error: training stopped: the loss became non-finite at step 1 "
+        "(term: recon, kl; optim.lr=1e+30); "
+    )
+    assert line.endswith(". Lower optim.lr or clip gradients (trainer.gradient_clip_val=1.0)")
+
+
+def test_nonfinite_step_is_the_first_bad_step(nonfinite: SimpleNamespace, tmp_path: Path) -> None:
+    (line,) = _error_lines(nonfinite.lines)
+    match = re.search(r"non-finite at step (\d+) \(term: ([a-z, ]+);", line)
+    step, terms = int(match[1]), match[2].split(", ")
+    assert first_nonfinite_step(tiny(*NONFINITE, output_dir=tmp_path)) == (step, terms)
+    (stopped_at,) = nonfinite.stopped_at
+    assert step <= stopped_at  # the guard reads its record every few steps, not at every step
+
+
+def test_nonfinite_first_bad_step_later_than_the_first_update(
+    mnist_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unbounded log-variances blow up a few steps in: the step named is the first bad one, not
+    the step at which the guard noticed."""
+    overrides = ("optim.lr=0.1", "model.logvar_bound=1e30", *NONFINITE[1:])
+    with recording_stops() as stopped_at:
+        line = error_line(tiny(*overrides, output_dir=tmp_path / "run"), capsys)
+    expected = first_nonfinite_step(tiny(*overrides, output_dir=tmp_path / "manual"))
+    assert expected is not None
+    step, terms = expected
+    assert step > 1  # not the first update
+    assert step < stopped_at[0]  # reported as the step it happened, not the step it was seen
+    assert line.startswith(
+        f"error: training stopped: the loss became non-finite at step {step} "
+        f"(term: {', '.join(terms)}; optim.lr=0.1); no checkpoint had been written yet."
+    )
+    assert not list((tmp_path / "run" / "checkpoints").glob("*"))
+
+
+def test_nonfinite_keeps_the_last_good_checkpoint(
+    nonfinite: SimpleNamespace, first_run: Path
+) -> None:
+    before, after = nonfinite.before, nonfinite.after
+    kept = {k for k in before if k != "config.yaml"}  # config.yaml: a second config.<k>.yaml is written instead
+    assert {k: after.get(k) for k in kept} == {k: before[k] for k in kept}
+    assert not [k for k in set(after) - set(before) if k.startswith("checkpoints/")]
+    assert "checkpoints/last.ckpt" in before
+    model = VAEModule.load_from_checkpoint(
+        first_run / "checkpoints" / "last.ckpt", map_location="cpu"
+    )
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nonfinite_keeps_config_yaml(nonfinite: SimpleNamespace) -> None:
+    assert nonfinite.after["config.yaml"] == nonfinite.before["config.yaml"]
+
+
+def test_nonfinite_message_points_at_the_kept_checkpoint(
+    nonfinite: SimpleNamespace, first_run: Path
+) -> None:
+    (line,) = _error_lines(nonfinite.lines)
+    assert str(first_run / "checkpoints") in line
+
+
+# ---------------------------------------------------------------------------------------------
+# discrete KL inputs (vae.losses.discrete_kl): a ValueError naming the problem
+
+
+@pytest.mark.parametrize(
+    ("p", "q", "message"),
+    [
+        ([0.5, -0.1, 0.6], [0.3, 0.3, 0.4], "p has negative entries (min -0.1)"),
+        ([0.5, 0.5, 0.0], [0.3, -0.3, 1.0], "q has negative entries (min -0.3)"),
+        (
+            [0.5, 0.4, 0.0],
+            [0.3, 0.3, 0.4],
+            "p does not sum to 1 along dim=-1: max |sum - 1| = 0.1 exceeds the tolerance "
+            "0.00035 for torch.float32",
+        ),
+        (
+            [0.5, 0.5],
+            [0.3, 0.3, 0.4],
+            "p and q must have the same shape (no broadcasting), got (2,) and (3,); use "
+            "q.expand_as(p) to compare many p with one q",
+        ),
+        ([], [], "p is empty (shape (0,))"),
+        (torch.zeros(2, 0), torch.zeros(2, 0), "p is empty (shape (2, 0))"),
+    ],
+)
+def test_discrete_kl_bad_inputs(p: object, q: object, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        discrete_kl(torch.as_tensor(p), torch.as_tensor(q))
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line, in real subprocesses (started with this module's first test, in parallel;
+# collected here, at the end, so that their imports overlap with the tests above)
+
+
+def _cli_cases(tmp: Path) -> dict[str, list[str]]:
+    return {
+        "bad_value": ["model.latent_dim=abc", f"hydra.run.dir={tmp}/bad_value"],
+        "no_data": [
+            f"data.root={tmp}/nowhere",
+            "data.download=false",
+            "trainer=cpu",
+            f"hydra.run.dir={tmp}/no_data",
+        ],
+        "unknown_option": ["trainer=tpu", f"hydra.run.dir={tmp}/unknown_option"],
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """``cli.result(name)`` → (returncode, stdout, stderr) of ``python train.py <case>``."""
+    tmp = tmp_path_factory.mktemp("cli")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "train.py", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, args in _cli_cases(tmp).items()
+    }
+    results: dict[str, tuple[int, str, str]] = {}
+
+    def result(name: str) -> tuple[int, str, str]:
+        if name not in results:
+            out, err = procs[name].communicate(timeout=180)
+            results[name] = (procs[name].returncode, out, err)
+        return results[name]
+
+    yield SimpleNamespace(result=result, tmp=tmp)
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_cli_bad_value_is_one_line(cli: SimpleNamespace) -> None:
+    code, out, err = cli.result("bad_value")
+    assert code == 2
+    assert err.splitlines() == ["error: model.latent_dim='abc': expected an integer ≥ 1"]
+    assert out == ""
+
+
+def test_cli_missing_data_root_names_the_fix(cli: SimpleNamespace) -> None:
+    code, _, err = cli.result("no_data")
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == [lines[-1]], err
+    missing = cli.tmp / "nowhere" / "MNIST" / "raw"
+    assert errors[0].startswith("error: MNIST files missing: train-images-idx3-ubyte[.gz], ")
+    assert str(missing) in errors[0]
+    assert "data.download=true" in errors[0]
+    assert "data.root" in errors[0]
+    assert not (cli.tmp / "nowhere").exists()  # nothing created where the data was looked for
+
+
+def test_cli_missing_data_root_is_the_only_line(cli: SimpleNamespace) -> None:
+    code, _, err = cli.result("no_data")
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+
+
+def test_cli_unknown_group_option_is_hydras_short_error(cli: SimpleNamespace) -> None:
+    """``trainer=tpu`` fails in Hydra, before our code: short, names the group, lists the options."""
+    code, out, err = cli.result("unknown_option")
+    assert code != 0
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert lines[0] == "In 'train': Could not find 'trainer/tpu'"
+    assert "Available options in 'trainer':" in lines
+    listed = [line.strip() for line in lines[lines.index("Available options in 'trainer':") + 1 :]]
+    assert listed[: len(TRAINER_OPTIONS)] == TRAINER_OPTIONS
+    assert len(lines) <= 20, err
+    assert not (cli.tmp / "unknown_option").exists()
+
+
+def test_cli_unwritable_log_dir_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``train.py`` run in-process (runpy): it fails before Hydra configures logging."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("a regular file, not a directory\n")
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py", f"paths.log_dir={blocker}/sub"])
+    capsys.readouterr()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_path(str(REPO / "train.py"), run_name="__main__")  # python train.py ...
+    finally:
+        GlobalHydra.instance().clear()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert str(blocker) in lines[0]
+    assert "log_dir" in lines[0] or "hydra.run.dir" in lines[0]
