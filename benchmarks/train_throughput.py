@@ -3,7 +3,8 @@
 A = ``benchmarks/reference_vae.py`` (MLP 784-400-20, torchvision MNIST + ToTensor + DataLoader, a
 plain loop with ``loss.item()`` every step); B = ``python train.py experiment=canonical`` (the same
 architecture, optimiser and batch size through our Lightning module and data module, with the
-progress bar, logging, checkpointing and figures a user gets by default).
+progress bar, logging, checkpointing and figures a user gets by default; ``data.val_size=0`` so that
+both train on the same 60,000 images).
 
 Each is a separate process that trains ``1 + --epochs`` epochs; the first is a warm-up and is not
 timed. Processes alternate A B A B … (``--pairs`` pairs). Printed per pair: training images per
@@ -66,6 +67,9 @@ def ours(root: Path, epochs: int, device: str, extra: list[str], scratch: Path) 
         f"trainer.max_epochs={epochs + 1}",
         f"data.root={root}",
         "data.download=false",
+        # train on all 60,000 images like the reference (no validation split), so the test losses
+        # after the same number of epochs compare like with like
+        "data.val_size=0",
         f"paths.output_dir={run_dir}",
         f"callbacks.epoch_timer.path={timings}",
         *extra,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import CONFIG_DIR, compose_config
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -96,7 +96,12 @@ def test_gpu_trainer_options_compose(option: str, tmp_path: Path) -> None:
 def test_callbacks_and_logger_instantiate(tmp_path: Path) -> None:
     cfg = compose_config(output_dir=tmp_path)
     callbacks = _instantiate_all(cfg.callbacks)
-    assert {type(c) for c in callbacks} == {ModelCheckpoint, LatentVisualizer, EpochTimer}
+    assert {type(c) for c in callbacks} == {
+        ModelCheckpoint,
+        LatentVisualizer,
+        EpochTimer,
+        TQDMProgressBar,
+    }
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert checkpoint.monitor == "val/loss"
     assert Path(checkpoint.dirpath) == tmp_path / "checkpoints"

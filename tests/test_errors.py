@@ -545,7 +545,9 @@ def test_nonfinite_keeps_the_last_good_checkpoint(
     nonfinite: SimpleNamespace, first_run: Path
 ) -> None:
     before, after = nonfinite.before, nonfinite.after
-    kept = {k for k in before if k != "config.yaml"}  # config.yaml: a second config.<k>.yaml is written instead
+    kept = {
+        k for k in before if k != "config.yaml"
+    }  # config.yaml: a second config.<k>.yaml is written instead
     assert {k: after.get(k) for k in kept} == {k: before[k] for k in kept}
     assert not [k for k in set(after) - set(before) if k.startswith("checkpoints/")]
     assert "checkpoints/last.ckpt" in before

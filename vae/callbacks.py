@@ -24,7 +24,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from vae.visualize import FigureOptions, encode_means, render_figures, to_images, write_pngs
+from vae.visualize import (
+    FigureOptions,
+    encode_means,
+    render_figures,
+    to_images,
+    write_pngs,
+    write_projector,
+)
 
 
 class LatentVisualizer(L.Callback):
@@ -144,23 +151,23 @@ class LatentVisualizer(L.Callback):
             self._write_projector(trainer, pl_module, writer)
 
     def _write_projector(self, trainer: L.Trainer, module: L.LightningModule, writer: Any) -> None:
-        images, labels, names = self._test_split(trainer)  # type: ignore[misc]
-        n = images.shape[0] if self.projector_points is None else self.projector_points
-        images, labels = images[:n], labels[:n]
+        dm = trainer.datamodule
+        ds = dm.test_dataset
+        n = len(ds) if self.projector_points is None else min(self.projector_points, len(ds))
         was_training = module.training
         module.eval()
         try:
-            mu = encode_means(module, images)
+            mu = encode_means(module, dm.to_float(ds.images[:n]))
         finally:
             module.train(was_training)
-        writer.add_embedding(
+        names = tuple(dm.class_names)
+        write_projector(
+            writer.log_dir,
             mu,
-            metadata=[names[int(k)] for k in labels],
-            label_img=images.cpu(),
-            global_step=trainer.global_step,
-            tag="test_posterior_means",
+            [names[int(k)] for k in ds.labels[:n]],
+            ds.images[:n],  # the stored uint8 images (binarised ones under dynamic/static)
+            step=trainer.global_step,
         )
-        writer.flush()
 
 
 class EpochTimer(L.Callback):

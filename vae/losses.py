@@ -39,8 +39,10 @@ __all__ = [
 # to a relative error of about 2·eps/|x| (≈ 2.4e-3 at x = 1e-4 in float32).
 _EXPM1MX_SERIES_BELOW = 0.1
 # Taylor coefficients 1/n! for n = 2..10 of exp(x) − 1 − x; the first omitted term, x¹¹/11!, is
-# below 1e-16 of the sum for |x| < 0.1.
+# below 1e-16 of the sum for |x| < 0.1. Float32 and narrower stop at n = 6: x⁷/7! is below 5e-9
+# of the sum there, under float32's eps (6e-8), and four fewer operations on the training path.
 _EXPM1MX_COEFFS = tuple(1.0 / math.factorial(n) for n in range(2, 11))
+_EXPM1MX_COEFFS_F32 = _EXPM1MX_COEFFS[:5]
 
 
 def _expm1mx(x: Tensor) -> Tensor:
@@ -49,8 +51,9 @@ def _expm1mx(x: Tensor) -> Tensor:
     # Double `where`: the series only ever sees small arguments, so neither branch can produce
     # inf/nan that would leak into the gradient of the branch that is not selected.
     xs = torch.where(small, x, torch.zeros_like(x))
-    series = torch.full_like(xs, _EXPM1MX_COEFFS[-1])
-    for c in reversed(_EXPM1MX_COEFFS[:-1]):  # Horner: x² (1/2! + x (1/3! + x (… + x/10!)))
+    coeffs = _EXPM1MX_COEFFS if x.dtype == torch.float64 else _EXPM1MX_COEFFS_F32
+    series = xs * coeffs[-1] + coeffs[-2]
+    for c in reversed(coeffs[:-2]):  # Horner: x² (1/2! + x (1/3! + x (… + x/n!)))
         series = series * xs + c
     series = series * xs * xs
     return torch.where(small, series, torch.expm1(x) - x)
@@ -308,7 +311,15 @@ class GaussianKLLoss(nn.Module):
         self._free_bits = value
 
     def forward(self, mu: Tensor, logvar: Tensor) -> Tensor:
-        per_dim = gaussian_kl_per_dim(mu, logvar)  # (..., d)
+        return self.reduce(gaussian_kl_per_dim(mu, logvar))
+
+    def reduce(self, per_dim: Tensor) -> Tensor:
+        """β, free bits and the reduction applied to an already computed per-dimension KL.
+
+        ``per_dim`` ``(..., d)``, e.g. from :func:`gaussian_kl_per_dim`: ``forward(mu, logvar)`` is
+        ``reduce(gaussian_kl_per_dim(mu, logvar))``, for callers that need the per-dimension KL
+        anyway (logging it, say) and should not compute it twice.
+        """
         if self._free_bits > 0:
             n = per_dim.numel() // per_dim.shape[-1]  # samples in the batch
             dim_means = per_dim.reshape(n, per_dim.shape[-1]).mean(0)  # K_j, shape (d,)

@@ -19,6 +19,7 @@ Figures (all from the **test** split, posterior means E[z | x] for the scatter):
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 from torch import Tensor
+from torchvision.utils import make_grid
 
 from vae import plots
 from vae.config import UserError
@@ -159,6 +162,61 @@ def to_images(figures: dict[str, Figure | Tensor]) -> dict[str, Tensor]:
         name: plots.figure_to_tensor(fig) if isinstance(fig, Figure) else fig
         for name, fig in figures.items()
     }
+
+
+def write_projector(
+    log_dir: str | Path,
+    embeddings: Tensor,
+    labels: Sequence[str],
+    images: Tensor,
+    *,
+    tag: str = "test_posterior_means",
+    step: int = 0,
+) -> Path:
+    """Write a TensorBoard embedding-projector entry; returns its folder.
+
+    ``embeddings`` ``(N, d)``, one metadata ``labels`` string per row, and ``images`` ``(N, 1, H, W)``
+    uint8 for the sprite (⌈√N⌉ × ⌈√N⌉ tiles of H × W, missing tiles black). The same files and layout
+    as ``SummaryWriter.add_embedding`` (``<log_dir>/<step:05d>/<tag>/`` and the shared
+    ``projector_config.pbtxt``), but the sprite stays uint8: add_embedding builds it in float64 and
+    peaks at about 700 MB for the 10,000 test digits.
+    """
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector import projector_config_pb2
+
+    n = embeddings.shape[0]
+    if len(labels) != n or images.shape[0] != n or images.dtype != torch.uint8:
+        raise ValueError(
+            f"need {n} labels and {n} uint8 images, got {len(labels)} and {images.shape}"
+        )
+    sub = f"{step:05d}/{tag}"
+    folder = Path(log_dir) / sub
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ("\t".join(f"{v:.7g}" for v in row) for row in embeddings.tolist())
+    (folder / "tensors.tsv").write_text("\n".join(rows) + "\n")
+    (folder / "metadata.tsv").write_text("\n".join(labels) + "\n")
+    side = math.ceil(math.sqrt(n))
+    tiles = torch.zeros(side * side, *images.shape[1:], dtype=torch.uint8)
+    tiles[:n] = images.cpu()
+    sprite = make_grid(tiles, nrow=side, padding=0)[:1]  # (1, side·H, side·W), still uint8
+    Image.fromarray(sprite[0].numpy(), mode="L").save(folder / "sprite.png")
+
+    config_path = Path(log_dir) / "projector_config.pbtxt"
+    config = projector_config_pb2.ProjectorConfig()
+    if config_path.exists():
+        text_format.Parse(config_path.read_text(), config)
+    name = f"{tag}:{step:05d}"
+    kept = [e for e in config.embeddings if e.tensor_name != name]
+    del config.embeddings[:]
+    config.embeddings.extend(kept)
+    entry = config.embeddings.add()
+    entry.tensor_name = name
+    entry.tensor_path = f"{sub}/tensors.tsv"
+    entry.metadata_path = f"{sub}/metadata.tsv"
+    entry.sprite.image_path = f"{sub}/sprite.png"
+    entry.sprite.single_image_dim.extend(list(images.shape[-2:]))
+    config_path.write_text(text_format.MessageToString(config))
+    return folder
 
 
 def write_pngs(figures: dict[str, Figure | Tensor], directory: str | Path) -> list[Path]:
