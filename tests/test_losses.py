@@ -372,6 +372,10 @@ def test_gaussian_kl_loss_free_bits_by_hand():
     torch.testing.assert_close(
         GaussianKLLoss(free_bits=0.01)(mu, logvar), gaussian_kl(mu, logvar).mean()
     )
+    # reduce() on an already computed per-dimension KL: the same 5.5 nats (what the VAE module uses)
+    per_dim = gaussian_kl_per_dim(mu.detach(), logvar)
+    assert loss.reduce(per_dim).item() == pytest.approx(5.5, abs=1e-12)
+    assert sum_loss.reduce(per_dim).item() == pytest.approx(22.0, abs=1e-12)
 
 
 def test_gaussian_kl_loss_argument_errors():

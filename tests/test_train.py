@@ -135,3 +135,15 @@ def test_bf16_mixed_precision_path_runs_on_cpu(make_cfg) -> None:
         assert math.isfinite(metrics[key]), key
     # an untrained model scores ≈ 543 nats; 8 bf16 steps must already have lowered it
     assert metrics["test/loss"] < 450
+
+
+@pytest.mark.slow
+def test_default_run_reaches_the_target(make_cfg) -> None:
+    """The default 2-D run (100 epochs, ~15 min on 2 CPU cores): test −ELBO ≤ 137 nats per image.
+
+    The importance-weighted bound is a tighter bound on −log p(x), so it must come out below it.
+    """
+    metrics = train(make_cfg(tiny=False, name="default"))
+    assert metrics["test/loss"] <= 137.0, metrics
+    assert metrics["test/nll_iw"] <= metrics["test/loss"], metrics
+    assert metrics["test/num_images"] == 10_000
