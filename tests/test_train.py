@@ -147,3 +147,25 @@ def test_default_run_reaches_the_target(make_cfg) -> None:
     assert metrics["test/loss"] <= 137.0, metrics
     assert metrics["test/nll_iw"] <= metrics["test/loss"], metrics
     assert metrics["test/num_images"] == 10_000
+
+
+def test_multirun_sweeps_latent_dims(tmp_path: Path) -> None:
+    """`python train.py -m model.latent_dim=1,3`: one run directory and one metrics.json per value."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TINY
+
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "model.latent_dim=1,3", *TINY]
+    cmd += [
+        "data.download=false",
+        "callbacks.visualize.projector=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job, latent_dim in ((0, 1), (1, 3)):
+        summary = json.loads((sweep / str(job) / "metrics.json").read_text())
+        assert summary["metrics"][f"test/kl_dim/{latent_dim - 1}"] >= 0
+        assert f"test/kl_dim/{latent_dim}" not in summary["metrics"]

@@ -326,8 +326,9 @@ class VAEModule(L.LightningModule):
     def _log_eval_epoch(self, stage: str) -> None:
         for name in ("loss", "recon", "kl"):
             self.log(f"{stage}/{name}", self.eval_means[f"{stage}_{name}"], prog_bar=name == "loss")
-        _, mu_var = self.mu_moments.compute()
-        kl_dim_mean, _ = self.kl_dim_moments.compute()
+        # (d,) even for d = 1: torchmetrics squeezes one-element results to 0-dim
+        mu_var = self.mu_moments.compute()[1].reshape(-1)
+        kl_dim_mean = self.kl_dim_moments.compute()[0].reshape(-1)
         self.log(f"{stage}/num_images", self.eval_counts[stage])
         self.log(f"{stage}/active_units", (mu_var > ACTIVE_UNIT_THRESHOLD).sum().float())
         for j in range(self.latent_dim):
