@@ -195,8 +195,10 @@ def test_projector_holds_the_test_posterior_means_labels_and_sprite(
     np.testing.assert_array_equal([int(k) for k in metadata], raw_test_labels[:n])
 
     tensors = np.loadtxt(folder / "tensors.tsv", delimiter="\t", ndmin=2)
-    assert tensors.shape == (n, 2)
-    np.testing.assert_allclose(tensors, final_mu[:n], rtol=0, atol=1e-5)
+    # the 2-D means, and a zero third column (TensorBoard's PCA needs three)
+    assert tensors.shape == (n, 3)
+    np.testing.assert_allclose(tensors[:, :2], final_mu[:n], rtol=0, atol=1e-5)
+    assert not tensors[:, 2].any()
 
     with Image.open(folder / "sprite.png") as im:
         side = math.ceil(math.sqrt(n)) * TILE

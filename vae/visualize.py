@@ -35,6 +35,7 @@ from torchvision.utils import make_grid
 from vae import plots
 from vae.config import UserError
 
+PROJECTOR_MIN_DIMS = 3
 FIGURES = ("latent_space", "manifold", "reconstructions", "samples", "interpolation")
 
 
@@ -175,7 +176,8 @@ def write_projector(
 ) -> Path:
     """Write a TensorBoard embedding-projector entry; returns its folder.
 
-    ``embeddings`` ``(N, d)``, one metadata ``labels`` string per row, and ``images`` ``(N, 1, H, W)``
+    ``embeddings`` ``(N, d)`` (padded with zero columns to 3 when d < 3, see below), one metadata
+    ``labels`` string per row, and ``images`` ``(N, 1, H, W)``
     uint8 for the sprite (⌈√N⌉ × ⌈√N⌉ tiles of H × W, missing tiles black). The same files and layout
     as ``SummaryWriter.add_embedding`` (``<log_dir>/<step:05d>/<tag>/`` and the shared
     ``projector_config.pbtxt``), but the sprite stays uint8: add_embedding builds it in float64 and
@@ -192,6 +194,11 @@ def write_projector(
     sub = f"{step:05d}/{tag}"
     folder = Path(log_dir) / sub
     folder.mkdir(parents=True, exist_ok=True)
+    if embeddings.shape[1] < PROJECTOR_MIN_DIMS:
+        # TensorBoard's PCA always computes three components; for a 2-D (or 1-D) embedding the
+        # missing ones come out NaN and no point is drawn. Zero columns give them zero variance.
+        pad = embeddings.new_zeros(n, PROJECTOR_MIN_DIMS - embeddings.shape[1])
+        embeddings = torch.cat([embeddings, pad], dim=1)
     rows = ("\t".join(f"{v:.7g}" for v in row) for row in embeddings.tolist())
     (folder / "tensors.tsv").write_text("\n".join(rows) + "\n")
     (folder / "metadata.tsv").write_text("\n".join(labels) + "\n")
