@@ -414,16 +414,20 @@ def test_check_resumable_refuses_a_different_optimizer_setting(first_run: Path) 
     cfg = compose_config(["optim.lr=1e-5"])
     model = OmegaConf.to_container(cfg.model, resolve=True)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    trained_lr = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"][
+        "optim"
+    ]["lr"]
+    assert trained_lr == compose_config().optim.lr  # the first run used the default
     check_resumable(last, model)  # the network matches
     with pytest.raises(ConfigError) as err:
         check_resumable(last, model, optim)
     assert str(err.value) == (
-        f"ckpt_path={str(last)!r} was trained with optim.lr=0.001 but the config says "
+        f"ckpt_path={str(last)!r} was trained with optim.lr={trained_lr!r} but the config says "
         "optim.lr=1e-05, which a resumed run would not apply (it restores the checkpoint's "
         "optimizer and schedule); resume with the same optim settings (the run's config.yaml "
         "has them), or start a new run"
     )
-    check_resumable(last, model, {**optim, "lr": 0.001})
+    check_resumable(last, model, {**optim, "lr": trained_lr})
 
 
 def test_resume_with_a_different_lr_is_one_line(
