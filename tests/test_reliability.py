@@ -76,7 +76,7 @@ def test_kill_9_in_the_middle_of_an_epoch_then_resume(uninterrupted, tmp_path: P
     """The real thing: a subprocess killed with SIGKILL, restarted with ckpt_path=.../last.ckpt."""
     run_dir = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"), *RUN, "data.download=false"]
-    cmd += [f"paths.output_dir={run_dir}"]
+    cmd += [f"paths.output_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     # slow the steps down so the kill lands inside an epoch, not after the run has finished
     cmd += ["+callbacks.slow._target_=test_reliability.Sleep", "+callbacks.slow.seconds=0.2"]
     env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
@@ -132,6 +132,7 @@ def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path: Path) -> None:
         "callbacks.visualize.projector_points=100",
         "data.download=false",
         f"paths.output_dir={run_dir}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",  # Hydra's own files: not in the repository's logs/
     ]
     done = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *overrides],
