@@ -39,7 +39,7 @@ def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
     assert cfg.model.likelihood == "bernoulli"
     assert cfg.trainer.accelerator == "auto"
     assert cfg.trainer.max_epochs == 100
-    assert cfg.optim.lr == 2e-3
+    assert cfg.optim.lr == 3e-3
     assert cfg.data.batch_size == 128
     assert cfg.data.val_size == 5000
     assert cfg.data.binarize == "none"

@@ -496,6 +496,23 @@ def test_on_after_batch_transfer_train_vs_eval(fake_root: SimpleNamespace) -> No
     assert y.dtype == torch.int64
 
 
+@pytest.mark.parametrize("binarize", ["none", "static", "dynamic"])
+def test_pixel_mean_is_the_mean_of_the_served_training_images(
+    fake_root: SimpleNamespace, binarize: str
+) -> None:
+    dm = MNISTDataModule(root=fake_root.root, download=False, val_size=50, binarize=binarize)
+    dm.setup("fit")
+    # reference: numpy on the raw training array, the held-out images removed
+    raw = fake_root.arrays["train-images-idx3-ubyte"].astype(np.float64)
+    kept = np.delete(raw, dm.val_indices.numpy(), axis=0)
+    served = (kept > 127.5) if binarize == "static" else kept / 255  # dynamic: E[draw] = grey level
+    expected = served.mean(axis=0)[None]  # (1, 28, 28)
+    mean = dm.pixel_mean()
+    assert mean.dtype == torch.float64
+    assert mean.shape == (1, 28, 28)
+    np.testing.assert_allclose(mean.numpy(), expected, rtol=1e-12, atol=1e-15)
+
+
 def test_device_resident_is_a_no_op_on_cpu(fake_root: SimpleNamespace) -> None:
     dm = MNISTDataModule(
         root=fake_root.root, download=False, val_size=50, device_resident=True, num_workers=1

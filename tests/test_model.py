@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
-from scipy import integrate, stats
-from torch import nn
+from scipy import integrate, special, stats
+from torch import Tensor, nn
 from torch.distributions import Bernoulli, MultivariateNormal
 
 from vae.likelihoods import (
+    LIKELIHOODS,
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     GaussianLikelihood,
@@ -26,6 +28,7 @@ MODEL = {
     "hidden_dims": [64, 32],
     "channels": [8, 16],
     "activation": "relu",
+    "norm": "layer",
     "logvar_bound": 10.0,
     "likelihood": "bernoulli",
     "gaussian_std": 1.0,
@@ -53,6 +56,75 @@ def test_sizes_come_from_the_config() -> None:
     linears = [m for m in vae.modules() if isinstance(m, nn.Linear)]
     shapes = [(m.in_features, m.out_features) for m in linears]
     assert shapes == [(784, 300), (300, 100), (100, 10), (5, 100), (100, 300), (300, 784)]
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_layer_norm_sits_before_every_hidden_activation(architecture: str) -> None:
+    kw = {"image_shape": (1, 28, 28), "architecture": architecture, "hidden_dims": [48, 24]}
+    plain = build_vae(**kw, norm="none")
+    normed = build_vae(**kw, norm="layer")
+    assert not any(isinstance(m, nn.LayerNorm) for m in plain.modules())
+    block = [nn.Linear, nn.LayerNorm, nn.ReLU]
+    assert [type(m) for m in normed.encoder.body] == block * 2
+    if (
+        architecture == "mlp"
+    ):  # the decoder's output layer (logits) is neither normalised nor activated
+        assert [type(m) for m in normed.decoder.net] == block * 2 + [nn.Linear]
+    else:  # latent → 24 → 48 → the first feature map, then the transposed convolutions
+        assert [type(m) for m in normed.decoder.body] == block * 3
+    # per-image normalisation: an image's code does not depend on the rest of the batch
+    x = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(normed.encode(x)[0][:2], normed.encode(x[:2])[0])
+    with pytest.raises(ValueError, match=r"model\.norm='batch' is not one of"):
+        build_vae(**kw, norm="batch")
+
+
+def cb_mean(lam: Tensor) -> Tensor:
+    """The continuous Bernoulli's mean λ/(2λ − 1) + 1/(2 atanh(1 − 2λ)) (Loaiza-Ganem & Cunningham
+    2019), written out here rather than taken from torch; λ ≠ ½."""
+    return lam / (2 * lam - 1) + 1 / (2 * torch.atanh(1 - 2 * lam))
+
+
+@pytest.mark.parametrize("name", LIKELIHOODS)
+def test_output_for_mean_inverts_the_likelihood_mean(name: str) -> None:
+    low = 0.05 if name == "continuous_bernoulli" else 1e-3  # CB reaches 0.03 at logit −50
+    m = torch.cat([torch.linspace(low, 0.45, 40), torch.linspace(0.55, 1 - low, 40)]).double()
+    out = build_likelihood(name).output_for_mean(m)
+    if name == "bernoulli":
+        expected_mean = torch.sigmoid(out)
+        np.testing.assert_allclose(out.numpy(), special.logit(m.numpy()), rtol=1e-12)
+    elif name == "continuous_bernoulli":
+        expected_mean = cb_mean(torch.sigmoid(out))
+    else:
+        expected_mean = out  # the decoder outputs the Gaussian's mean
+    torch.testing.assert_close(expected_mean, m, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+@pytest.mark.parametrize("name", LIKELIHOODS)
+def test_init_output_bias_starts_the_decoder_at_the_mean_image(
+    architecture: str, name: str
+) -> None:
+    torch.manual_seed(0)
+    shape = (1, 12, 12)
+    vae = build_vae(image_shape=shape, architecture=architecture, hidden_dims=[16], likelihood=name)
+    pixel_mean = torch.rand(shape, dtype=torch.float64) * 0.9 + 0.05
+    if name != "continuous_bernoulli":  # (whose mean reaches only [0.03, 0.97], see its docstring)
+        pixel_mean[0, 0, :3] = torch.tensor([0.0, 1.0, 0.5])  # never on, always on: clipped
+    last = vae.decoder.net[-1] if architecture == "mlp" else vae.decoder.deconv[-1]
+    with torch.no_grad():
+        last.weight.zero_()  # the output is then the bias alone, whatever z
+    vae.init_output_bias(pixel_mean)
+    decoded = vae.likelihood.mean(vae.decode(torch.randn(3, 2)).double())
+    assert torch.isfinite(decoded).all()
+    clipped = pixel_mean.clamp(1e-3, 1 - 1e-3)
+    if architecture == "mlp":  # one bias per pixel: exactly the mean image
+        torch.testing.assert_close(decoded, clipped.expand(3, *shape), rtol=0, atol=1e-6)
+    else:  # one bias per channel: the output whose mean is the channel's … averaged in output space
+        assert torch.allclose(decoded, decoded[0, 0, 0, 0], rtol=0, atol=1e-6)
+        if name == "bernoulli":
+            expected = torch.sigmoid(torch.logit(clipped).mean())
+            torch.testing.assert_close(decoded[0, 0, 0, 0], expected, rtol=0, atol=1e-6)
 
 
 def test_soft_clamp_is_identity_near_zero_and_bounded() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vae.likelihoods import LIKELIHOODS
-from vae.model import ACTIVATIONS, ARCHITECTURES
+from vae.model import ACTIVATIONS, ARCHITECTURES, NORMS
 
 
 class UserError(Exception):
@@ -79,6 +79,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.hidden_dims": int_list(),
     "model.channels": int_list(),
     "model.activation": one_of(tuple(ACTIVATIONS)),
+    "model.norm": one_of(NORMS),
+    "model.init_output_bias": boolean(),
     "model.logvar_bound": number_at_least(0, strict=True),
     "model.likelihood": one_of(LIKELIHOODS),
     "model.gaussian_std": number_at_least(0, strict=True),

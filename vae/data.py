@@ -623,6 +623,19 @@ class MNISTDataModule(L.LightningDataModule):
         """
         return to_float(images, binarize=self.binarize, train=train)
 
+    def pixel_mean(self) -> torch.Tensor:
+        """The training split's mean image ``(C, H, W)``, float64 in [0, 1]: the expectation of the
+        images as served (grey levels; under ``dynamic`` the same, being each draw's expectation;
+        under ``static`` the fraction of images with the pixel on). Needs ``setup("fit")``."""
+        images = self._require(self.train_dataset, "train").images
+        total = torch.zeros(images.shape[1:], dtype=torch.int64, device=images.device)
+        for chunk in images.split(4096):  # chunks: an int64 copy of the split would be 345 MB
+            if self.binarize == "static":
+                chunk = chunk > 127  # as to_float thresholds
+            total += chunk.sum(dim=0, dtype=torch.int64)  # (n, C, H, W) -> (C, H, W), exact
+        scale = 1.0 if self.binarize == "static" else 255.0
+        return (total.to(torch.float64) / (scale * images.shape[0])).cpu()
+
     # ---- internals -------------------------------------------------------------------------
 
     def _fixed_eval_images(self, images: torch.Tensor, split: str) -> torch.Tensor:

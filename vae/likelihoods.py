@@ -4,7 +4,9 @@ Each likelihood turns the decoder's output ``out`` (same shape as the images, ``
 
 - ``nll(out, x)``: the negative log-likelihood −log p(x | z) in **nats per image**, summed over every
   pixel, shape ``(B,)`` (no reduction over the batch: the Lightning module decides the mean);
-- ``mean(out)``: the decoder mean E[x | z] clipped to [0, 1], the image shown in plots.
+- ``mean(out)``: the decoder mean E[x | z] clipped to [0, 1], the image shown in plots;
+- ``output_for_mean(m)``: the inverse, the decoder output whose mean is ``m`` (any shape, values in
+  (0, 1)): how the decoder's output bias starts at the training images' mean (``model.init_output_bias``).
 
 ``bernoulli`` is the default and the number the literature reports for MNIST with grey levels as
 targets; it is not a normalised density for non-binary data (Loaiza-Ganem & Cunningham 2019), which is
@@ -39,6 +41,9 @@ class BernoulliLikelihood(nn.Module):
     def mean(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out)
 
+    def output_for_mean(self, m: Tensor) -> Tensor:
+        return torch.logit(m)  # σ⁻¹
+
 
 class ContinuousBernoulliLikelihood(nn.Module):
     """The normalised density on [0, 1]: CB(x; λ) = C(λ) λ^x (1 − λ)^(1−x), λ = σ(out).
@@ -53,6 +58,19 @@ class ContinuousBernoulliLikelihood(nn.Module):
 
     def mean(self, out: Tensor) -> Tensor:
         return ContinuousBernoulli(logits=out, validate_args=False).mean
+
+    def output_for_mean(self, m: Tensor) -> Tensor:
+        """The logit whose CB mean is ``m``, found by bisection in float64 (the mean increases with
+        the logit but has no closed-form inverse). The mean approaches 0 only like 1/|logit|, so
+        the search is limited to logits in [−50, 50]: a mean beyond what they reach (below about
+        0.03 or above 0.97, where torch clamps the probabilities) gets −50 or 50."""
+        target = m.to(torch.float64)
+        lo, hi = torch.full_like(target, -50.0), torch.full_like(target, 50.0)
+        for _ in range(60):  # 60 halvings of an interval of 100: 1e-16 logits
+            mid = 0.5 * (lo + hi)
+            below = self.mean(mid) < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (0.5 * (lo + hi)).to(m.dtype)
 
 
 class GaussianLikelihood(nn.Module):
@@ -78,6 +96,9 @@ class GaussianLikelihood(nn.Module):
 
     def mean(self, out: Tensor) -> Tensor:
         return out.clamp(0.0, 1.0)
+
+    def output_for_mean(self, m: Tensor) -> Tensor:
+        return m.clone()  # the decoder outputs the mean itself
 
 
 def build_likelihood(name: str, *, gaussian_std: float = 1.0, learn_std: bool = False) -> nn.Module:

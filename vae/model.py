@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from vae.likelihoods import build_likelihood
 
 ARCHITECTURES = ("mlp", "conv")
+#: normalisation of the MLP hidden layers (``model.norm``)
+NORMS = ("none", "layer")
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -30,12 +32,23 @@ def soft_clamp(x: Tensor, bound: float) -> Tensor:
     return bound * torch.tanh(x / bound)
 
 
-def mlp(sizes: Sequence[int], activation: str, *, final_activation: bool = False) -> nn.Sequential:
-    """Linear layers ``sizes[0] → sizes[1] → …`` with ``activation`` between them."""
+def mlp(
+    sizes: Sequence[int], activation: str, *, final_activation: bool = False, norm: str = "none"
+) -> nn.Sequential:
+    """Linear layers ``sizes[0] → sizes[1] → …`` with ``activation`` between them.
+
+    ``norm="layer"`` puts a LayerNorm (Ba et al. 2016) between each hidden Linear and its activation.
+    It normalises each image's features on their own, so a batch's outputs do not depend on the other
+    images in it (unlike BatchNorm): evaluation, DDP and any batch size give the same numbers.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"model.norm={norm!r} is not one of {NORMS}")
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))
         if final_activation or i < len(sizes) - 2:
+            if norm == "layer":
+                layers.append(nn.LayerNorm(n_out))
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
@@ -66,10 +79,11 @@ class MLPEncoder(nn.Module):
         latent_dim: int,
         activation: str,
         logvar_bound: float,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         n_pixels = int(torch.tensor(image_shape).prod())
-        self.body = mlp([n_pixels, *hidden_dims], activation, final_activation=True)
+        self.body = mlp([n_pixels, *hidden_dims], activation, final_activation=True, norm=norm)
         self.head = GaussianHead(hidden_dims[-1], latent_dim, logvar_bound=logvar_bound)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -84,14 +98,21 @@ class MLPDecoder(nn.Module):
         hidden_dims: Sequence[int],
         latent_dim: int,
         activation: str,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
         n_pixels = int(torch.tensor(image_shape).prod())
-        self.net = mlp([latent_dim, *reversed(hidden_dims), n_pixels], activation)
+        self.net = mlp([latent_dim, *reversed(hidden_dims), n_pixels], activation, norm=norm)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z).unflatten(-1, self.image_shape)  # (B, C·H·W) -> (B, C, H, W)
+
+    @torch.no_grad()
+    def set_output_bias(self, out: Tensor) -> None:
+        """Set the last layer's bias to ``out`` ``(C, H, W)``: one bias per pixel."""
+        last = self.net[-1]
+        last.bias.copy_(out.flatten())  # (C, H, W) -> (C·H·W,)
 
 
 class ConvEncoder(nn.Module):
@@ -106,6 +127,7 @@ class ConvEncoder(nn.Module):
         latent_dim: int,
         activation: str,
         logvar_bound: float,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         c, h, w = image_shape
@@ -114,7 +136,9 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), ACTIVATIONS[activation]()]
             h, w = (h + 1) // 2, (w + 1) // 2
         self.conv = nn.Sequential(*layers)
-        self.body = mlp([channels[-1] * h * w, *hidden_dims], activation, final_activation=True)
+        self.body = mlp(
+            [channels[-1] * h * w, *hidden_dims], activation, final_activation=True, norm=norm
+        )
         self.head = GaussianHead(hidden_dims[-1], latent_dim, logvar_bound=logvar_bound)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,6 +156,7 @@ class ConvDecoder(nn.Module):
         hidden_dims: Sequence[int],
         latent_dim: int,
         activation: str,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         c, h, w = image_shape
@@ -141,7 +166,10 @@ class ConvDecoder(nn.Module):
         self.start_shape = (channels[-1], *sizes[-1])
         n_start = channels[-1] * sizes[-1][0] * sizes[-1][1]
         self.body = mlp(
-            [latent_dim, *reversed(hidden_dims), n_start], activation, final_activation=True
+            [latent_dim, *reversed(hidden_dims), n_start],
+            activation,
+            final_activation=True,
+            norm=norm,
         )
         layers: list[nn.Module] = []
         rev = list(reversed(channels))
@@ -161,6 +189,13 @@ class ConvDecoder(nn.Module):
         h = self.body(z).unflatten(-1, self.start_shape)  # (B, C'hw) -> (B, C', h, w)
         return self.deconv(h)
 
+    @torch.no_grad()
+    def set_output_bias(self, out: Tensor) -> None:
+        """Set the last layer's bias from ``out`` ``(C, H, W)``: a convolution has one per channel,
+        the average of ``out`` over the channel's pixels."""
+        last = self.deconv[-1]
+        last.bias.copy_(out.mean(dim=(1, 2)))  # (C, H, W) -> (C,)
+
 
 class VAE(nn.Module):
     """Encoder q(z | x) = N(mu, diag exp(logvar)), decoder output, and the likelihood p(x | z)."""
@@ -174,6 +209,21 @@ class VAE(nn.Module):
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Images ``(B, C, H, W)`` in [0, 1] → (mu, logvar), each ``(B, latent_dim)``."""
         return self.encoder(x)
+
+    @torch.no_grad()
+    def init_output_bias(self, pixel_mean: Tensor, *, eps: float = 1e-3) -> None:
+        """Start the decoder at the data's mean image: the output bias becomes the output whose
+        likelihood mean is ``pixel_mean`` ``(C, H, W)`` (clipped to [eps, 1 − eps], so a pixel that
+        is always 0 starts at logit −6.9 rather than −∞).
+
+        Before any training the decoder's output is then close to the mean image instead of 0.5
+        everywhere, which saves the first few hundred steps of learning it (a common data-dependent
+        initialisation). :class:`vae.module.VAEModule` calls this once,
+        before the first step, with the training split's mean; a resumed run keeps its weights.
+        """
+        m = pixel_mean.to(torch.float64).clamp(eps, 1.0 - eps)
+        out = self.likelihood.output_for_mean(m)
+        self.decoder.set_output_bias(out.to(next(self.decoder.parameters()).dtype))
 
     def decode(self, z: Tensor) -> Tensor:
         """Latent codes ``(B, latent_dim)`` → decoder output ``(B, C, H, W)`` (logits or mean)."""
@@ -203,6 +253,7 @@ def build_vae(
     hidden_dims: Sequence[int] = (512, 256),
     channels: Sequence[int] = (32, 64),
     activation: str = "relu",
+    norm: str = "layer",
     logvar_bound: float = 10.0,
     likelihood: str = "bernoulli",
     gaussian_std: float = 1.0,
@@ -214,7 +265,10 @@ def build_vae(
         "hidden_dims": list(hidden_dims),
         "latent_dim": latent_dim,
         "activation": activation,
+        "norm": norm,
     }
+    if norm not in NORMS:
+        raise ValueError(f"model.norm={norm!r} is not one of {NORMS}")
     if architecture == "mlp":
         encoder = MLPEncoder(**common, logvar_bound=logvar_bound)
         decoder = MLPDecoder(**common)

@@ -24,6 +24,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.distributions import Normal
 from torchmetrics import MeanMetric, Metric, SumMetric
@@ -40,6 +41,7 @@ NETWORK_KEYS = (
     "hidden_dims",
     "channels",
     "activation",
+    "norm",
     "logvar_bound",
     "likelihood",
     "gaussian_std",
@@ -183,6 +185,26 @@ class VAEModule(L.LightningModule):
         self.kl_dim_moments = ColumnMoments(self.latent_dim)
         self.train_terms = TrainTerms()
         self._train_elbo = self.elbo_terms  # torch.compile'd by compile_networks()
+        self.init_output_bias = bool(model.get("init_output_bias", False))
+
+    def setup(self, stage: str) -> None:
+        """Before fitting: start the decoder at the training images' mean (``model.init_output_bias``).
+
+        Lightning calls this after the data module's ``setup`` and before it restores a checkpoint,
+        so a resumed run gets its trained weights back, and under DDP every process computes the
+        same bias from the same training split.
+        """
+        if stage != "fit" or not self.init_output_bias or self.global_step > 0:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        pixel_mean = getattr(datamodule, "pixel_mean", None)
+        if pixel_mean is None:
+            rank_zero_warn(
+                "model.init_output_bias=true needs a data module with pixel_mean(); "
+                "the decoder keeps its random initialisation"
+            )
+            return
+        self.vae.init_output_bias(pixel_mean())
 
     def compile_networks(self) -> None:
         """``torch.compile`` the training loss: :meth:`elbo_terms` and its backward, fused.
