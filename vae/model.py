@@ -267,8 +267,6 @@ def build_vae(
         "activation": activation,
         "norm": norm,
     }
-    if norm not in NORMS:
-        raise ValueError(f"model.norm={norm!r} is not one of {NORMS}")
     if architecture == "mlp":
         encoder = MLPEncoder(**common, logvar_bound=logvar_bound)
         decoder = MLPDecoder(**common)

@@ -186,15 +186,20 @@ class VAEModule(L.LightningModule):
         self.train_terms = TrainTerms()
         self._train_elbo = self.elbo_terms  # torch.compile'd by compile_networks()
         self.init_output_bias = bool(model.get("init_output_bias", False))
+        # true once the weights are not fresh: trained here, or loaded from a checkpoint
+        self._weights_trained = False
 
     def setup(self, stage: str) -> None:
-        """Before fitting: start the decoder at the training images' mean (``model.init_output_bias``).
+        """Before fitting fresh weights: start the decoder at the training images' mean
+        (``model.init_output_bias``).
 
-        Lightning calls this after the data module's ``setup`` and before it restores a checkpoint,
-        so a resumed run gets its trained weights back, and under DDP every process computes the
-        same bias from the same training split.
+        Only weights that were never trained nor loaded get it: a module from
+        ``load_from_checkpoint`` or one fitted before (fine-tuning, a second ``fit``) keeps its
+        bias. Lightning calls this after the data module's ``setup`` and before it restores a
+        ``ckpt_path``, so a resumed run gets its trained weights back too; under DDP every process
+        computes the same bias from the same training split.
         """
-        if stage != "fit" or not self.init_output_bias or self.global_step > 0:
+        if stage != "fit" or not self.init_output_bias or self._weights_trained:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         pixel_mean = getattr(datamodule, "pixel_mean", None)
@@ -205,6 +210,7 @@ class VAEModule(L.LightningModule):
             )
             return
         self.vae.init_output_bias(pixel_mean())
+        self._weights_trained = True
 
     def compile_networks(self) -> None:
         """``torch.compile`` the training loss: :meth:`elbo_terms` and its backward, fused.
@@ -327,6 +333,7 @@ class VAEModule(L.LightningModule):
         checkpoint["rng_states"] = rng_states()  # exact resume: the same draws as without the crash
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._weights_trained = True  # trained weights: setup() must not re-initialise them
         # only when a Trainer resumes fitting: load_from_checkpoint must not touch the global RNG
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
         if resuming and "rng_states" in checkpoint:

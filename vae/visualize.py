@@ -206,7 +206,7 @@ def write_projector(
     tiles = torch.zeros(side * side, *images.shape[1:], dtype=torch.uint8)
     tiles[:n] = images.cpu()
     sprite = make_grid(tiles, nrow=side, padding=0)[:1]  # (1, side·H, side·W), still uint8
-    Image.fromarray(sprite[0].numpy(), mode="L").save(folder / "sprite.png")
+    Image.fromarray(sprite[0].numpy()).save(folder / "sprite.png")  # 2-D uint8: greyscale
 
     config_path = Path(log_dir) / "projector_config.pbtxt"
     config = projector_config_pb2.ProjectorConfig()
