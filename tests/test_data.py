@@ -150,18 +150,6 @@ def test_read_idx_checksum_mismatch(tmp_path: Path) -> None:
     assert f"is {sha256(payload)}, expected {wrong}" in msg
 
 
-def test_load_split_count_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    arrays = fake_mnist(n_train=50, n_test=20)
-    arrays[NAMES[1]] = arrays[NAMES[1]][:49]
-    sums = write_fake_raw(tmp_path / "MNIST" / "raw", arrays)
-    monkeypatch.setitem(data.SHA256, "mnist", sums)
-    with pytest.raises(DatasetError, match=r"holds 50 images but .* holds 49 labels"):
-        load_split("mnist", tmp_path, train=True)
-    images, labels = load_split("mnist", tmp_path, train=False)
-    assert images.shape == (20, 1, 28, 28)
-    assert labels.dtype == torch.int64
-
-
 def test_checksum_mismatch_through_datamodule(fake_root: SimpleNamespace) -> None:
     data.SHA256["mnist"][NAMES[0]] = "f" * 64  # the fixture's monkeypatch restores the dict
     dm = MNISTDataModule(root=fake_root.root, download=False, val_size=10)
@@ -348,7 +336,8 @@ def test_defaults_and_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (dm.batch_size, dm.eval_batch_size, dm.val_size, dm.seed) == (128, 1000, 5000, 0)
     assert (dm.binarize, dm.download, dm.num_workers, dm.pin_memory) == ("none", True, 0, False)
     assert dm.device_resident is False
-    assert dm.root == Path("data")
+    assert dm.root == Path.cwd() / "data"  # relative to where it started, stored absolute
+    assert dm.hparams["root"] == str(Path.cwd() / "data")
     assert dm.dims == (1, 28, 28)
     assert dm.num_classes == 10
     assert dm.class_names == tuple("0123456789")

@@ -1,27 +1,11 @@
 """vae: a fast, honest variational autoencoder on MNIST, and a small KL-divergence library.
 
-Importing ``vae`` loads only the KL library (:mod:`vae.losses`, plain torch); the model, data and
-training modules are imported explicitly from their submodules.
+Importing ``vae`` loads only the KL library (:mod:`vae.losses`, plain torch) and re-exports its
+public names (``from vae import gaussian_kl``); the model, data and training modules are imported
+explicitly from their submodules.
 """
 
-from vae.losses import (
-    GaussianKLLoss,
-    cross_entropy,
-    discrete_kl,
-    entropy,
-    gaussian_kl,
-    gaussian_kl_per_dim,
-    mvn_kl,
-    smoothed,
-)
+from vae import losses as _losses
+from vae.losses import *  # noqa: F403
 
-__all__ = [
-    "GaussianKLLoss",
-    "cross_entropy",
-    "discrete_kl",
-    "entropy",
-    "gaussian_kl",
-    "gaussian_kl_per_dim",
-    "mvn_kl",
-    "smoothed",
-]
+__all__ = list(_losses.__all__)

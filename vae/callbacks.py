@@ -45,8 +45,8 @@ class LatentVisualizer(L.Callback):
         projector: write the TensorBoard embedding projector (test-set posterior means, digit
             labels as metadata, a sprite of the images) at the end of training.
         projector_points: how many test images go into the projector (``None`` = all).
-        grid_size, max_points, n_samples, n_reconstructions, interpolation_steps, projection,
-        seed: see :class:`vae.visualize.FigureOptions`.
+        figure_options: the fields of :class:`vae.visualize.FigureOptions` (grid size, number of
+            points, samples, ...).
     """
 
     def __init__(
@@ -56,13 +56,7 @@ class LatentVisualizer(L.Callback):
         png_dir: str | None = None,
         projector: bool = True,
         projector_points: int | None = None,
-        grid_size: int = 20,
-        max_points: int | None = None,
-        n_samples: int = 64,
-        n_reconstructions: int = 32,
-        interpolation_steps: int = 10,
-        projection: str = "pca",
-        seed: int = 0,
+        **figure_options: Any,
     ) -> None:
         super().__init__()
         if every_n_epochs < 0:
@@ -73,15 +67,7 @@ class LatentVisualizer(L.Callback):
         self.png_dir = png_dir
         self.projector = projector
         self.projector_points = projector_points
-        self.options = FigureOptions(
-            grid_size=grid_size,
-            max_points=max_points,
-            n_samples=n_samples,
-            n_reconstructions=n_reconstructions,
-            interpolation_steps=interpolation_steps,
-            projection=projection,
-            seed=seed,
-        )
+        self.options = FigureOptions(**figure_options)
         self._logged_step: int | None = None  # global_step of the last images/ logged this fit
 
     # ---- data ------------------------------------------------------------------------------------

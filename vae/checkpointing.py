@@ -1,21 +1,27 @@
-"""Checkpoints that survive a crash, and that are checked before a run resumes from them.
+"""Checkpoints: read only as data, written so that a crash never leaves a broken one.
 
+- :func:`load_checkpoint` is the one way the project reads a checkpoint (the resume check, a
+  Trainer's ``ckpt_path`` restore through :class:`AtomicCheckpointIO`, ``VAEModule.load_from_checkpoint``
+  and the command lines): ``torch.load(weights_only=True)``, so a file that holds Python objects is
+  refused before anything in it runs, and a file that is not a checkpoint of this model is a
+  :class:`~vae.errors.CheckpointError`, one line naming the file, the problem and the fix.
 - :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file in the same folder, fsyncs it
   and renames it over the target (``os.replace`` is atomic on POSIX), so a ``kill -9`` during a save
   leaves the previous checkpoint intact, never a truncated one.
 - :func:`rng_states` / :func:`set_rng_states`: the random-number generators that training draws from
-  (torch CPU and CUDA, Python, NumPy), saved with every checkpoint so a resumed run draws the same
-  numbers as an uninterrupted one.
-- :func:`check_resumable`: a ``ckpt_path`` that does not exist, is not a checkpoint of this model,
-  or was written with a different network than the config describes is a :class:`ConfigError`
-  before anything is trained.
+  (torch CPU and CUDA, Python, NumPy), saved with every checkpoint as tensors, numbers and tuples (so
+  the checkpoint stays loadable as data) and restored on resume.
+- :func:`check_resumable`: a ``ckpt_path`` written with a different network or optimiser than the
+  config describes is a :class:`~vae.errors.ConfigError` before anything is trained.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,11 +31,72 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vae.config import ConfigError
+from vae.errors import CheckpointError, ConfigError
+from vae.hparams import NETWORK_KEYS
+from vae.rules import plain
+
+#: how to fix a checkpoint that cannot be used (the end of each message)
+CKPT_HINT = (
+    "pass a checkpoint written by train.py, such as logs/train/runs/<run>/checkpoints/last.ckpt"
+)
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, name: str | None = None, map_location: Any = "cpu"
+) -> dict[str, Any]:
+    """The checkpoint at ``path`` as a dict, read with ``torch.load(weights_only=True)``.
+
+    Raises :class:`CheckpointError` (one line: ``<name>: <problem>; <how to fix>``, ``name``
+    defaulting to the path) when the file is missing, not a ``torch.save`` archive, truncated or
+    corrupt, holds Python objects beyond tensors, numbers, strings and containers (refused: loading
+    them would run code from the file), or is not a checkpoint of :class:`vae.module.VAEModule`.
+    """
+    path = Path(path)
+    label = name or str(path)
+    if not path.is_file():
+        what = "a directory, not a file" if path.is_dir() else "no such file"
+        raise CheckpointError(f"{label}: {what}; {CKPT_HINT}")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(len(_ZIP_MAGIC))
+    except OSError as err:
+        raise CheckpointError(f"{label}: cannot read ({err.strerror}); {CKPT_HINT}") from None
+    if magic != _ZIP_MAGIC:
+        what = "the file is empty" if not magic else "it is not a zip archive"
+        raise CheckpointError(
+            f"{label}: not a readable checkpoint ({what}): the file is truncated, corrupt or not "
+            f"written by torch.save; {CKPT_HINT}"
+        )
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused a global: nothing of it ran
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        objects = found.group(1) if found else "objects the safe loader does not accept"
+        raise CheckpointError(
+            f"{label}: refused to load: it contains Python objects ({objects}); only "
+            "checkpoints written by train.py are accepted"
+        ) from None
+    except Exception as err:  # a truncated archive, a corrupt record...
+        raise CheckpointError(
+            f"{label}: not a readable checkpoint ({type(err).__name__}: {_first_sentence(err)}): "
+            f"the file is truncated, corrupt or not written by torch.save; {CKPT_HINT}"
+        ) from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    model = hparams.get("model") if isinstance(hparams, Mapping) else None
+    if not isinstance(model, Mapping) or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{label}: not a checkpoint of vae.module.VAEModule ({_describe(ckpt)}); {CKPT_HINT}"
+        )
+    return ckpt
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a temporary sibling file, ``fsync``, then ``os.replace`` onto the target."""
+    """Saves via a sibling temp file, ``fsync`` and ``os.replace``; loads with :func:`load_checkpoint`.
+
+    Why not Lightning's default: it stages the file in the system temp dir and moves it (a copy
+    across file systems) without fsync, and it unpickles arbitrary objects unless told not to.
+    """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
@@ -51,6 +118,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        map_location: Any = None,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        # weights_only is always true here, whatever the caller asks
+        return load_checkpoint(path, map_location=map_location or "cpu")
 
 
 def rng_states() -> dict[str, Any]:
@@ -81,61 +157,40 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-#: how to fix a ``ckpt_path`` that cannot be resumed from (the end of each message)
-_CKPT_HINT = (
-    "pass a checkpoint written by train.py, such as logs/train/runs/<run>/checkpoints/last.ckpt"
-)
-
-
 def check_resumable(
     ckpt_path: str | os.PathLike[str],
     model_cfg: Mapping[str, Any],
     optim_cfg: Mapping[str, Any] | None = None,
 ) -> None:
-    """Raise :class:`ConfigError` unless ``ckpt_path`` is a checkpoint of the network in ``model_cfg``.
+    """Raise unless ``ckpt_path`` is a checkpoint of the network in ``model_cfg``.
 
-    ``model_cfg`` is the plain ``model`` config (lists as lists). Only the network keys are
-    compared: the objective (β, warm-up, free bits) may change between the two runs. With
-    ``optim_cfg`` (the plain ``optim`` config) every optimiser key must match too: resuming restores
-    the optimiser's and the scheduler's state, learning rate and weight decay included, so a changed
-    value would silently not take effect (while the new checkpoint's hyper-parameters claimed it
-    had). Every message is one line naming ``ckpt_path``, what is wrong and how to fix it.
+    ``model_cfg`` is the plain ``model`` config (lists as lists). Only the network keys
+    (:data:`~vae.hparams.NETWORK_KEYS`) are compared: the objective (β, warm-up, free bits) may
+    change between the two runs. With ``optim_cfg`` (the plain ``optim`` config) every optimiser
+    key must match too: resuming restores the optimiser's and the scheduler's state, learning rate
+    and weight decay included, so a changed value would silently not take effect (while the new
+    checkpoint's hyper-parameters claimed it had). A file that is no such checkpoint is a
+    :class:`CheckpointError`, a mismatch a :class:`ConfigError`; each message is one line naming
+    ``ckpt_path``, what is wrong and how to fix it.
     """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        what = "a directory, not a file" if path.is_dir() else "no such file"
-        raise ConfigError(f"ckpt_path={str(path)!r}: {what}; {_CKPT_HINT}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated file, another format, a pickle error...
-        raise ConfigError(
-            f"ckpt_path={str(path)!r}: not a readable checkpoint ({type(err).__name__}: "
-            f"{_first_sentence(err)}): the file is truncated, corrupt or not written by "
-            f"torch.save; {_CKPT_HINT}"
-        ) from None
-    saved = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(saved, Mapping) or "state_dict" not in ckpt:
-        raise ConfigError(
-            f"ckpt_path={str(path)!r}: not a checkpoint of vae.module.VAEModule "
-            f"({_describe(ckpt)}); {_CKPT_HINT}"
-        )
-    from vae.module import NETWORK_KEYS
-
+    label = f"ckpt_path={str(ckpt_path)!r}"
+    ckpt = load_checkpoint(ckpt_path, name=label)
+    saved = ckpt["hyper_parameters"]["model"]
     for key in NETWORK_KEYS:
-        if key in saved and key in model_cfg and _plain(saved[key]) != _plain(model_cfg[key]):
+        if key in saved and key in model_cfg and plain(saved[key]) != plain(model_cfg[key]):
             raise ConfigError(
-                f"ckpt_path={str(path)!r} was trained with model.{key}={_plain(saved[key])!r} but the "
-                f"config says model.{key}={_plain(model_cfg[key])!r}; resume with the same model "
+                f"{label} was trained with model.{key}={plain(saved[key])!r} but the "
+                f"config says model.{key}={plain(model_cfg[key])!r}; resume with the same model "
                 "settings (the run's config.yaml has them)"
             )
-    saved_optim = ckpt.get("hyper_parameters", {}).get("optim")
+    saved_optim = ckpt["hyper_parameters"].get("optim")
     if optim_cfg is None or not isinstance(saved_optim, Mapping):
         return
     for key, value in optim_cfg.items():
-        if key in saved_optim and _plain(saved_optim[key]) != _plain(value):
+        if key in saved_optim and plain(saved_optim[key]) != plain(value):
             raise ConfigError(
-                f"ckpt_path={str(path)!r} was trained with optim.{key}={_plain(saved_optim[key])!r} "
-                f"but the config says optim.{key}={_plain(value)!r}, which a resumed run would not "
+                f"{label} was trained with optim.{key}={plain(saved_optim[key])!r} "
+                f"but the config says optim.{key}={plain(value)!r}, which a resumed run would not "
                 "apply (it restores the checkpoint's optimizer and schedule); resume with the "
                 "same optim settings (the run's config.yaml has them), or start a new run"
             )
@@ -157,7 +212,3 @@ def _describe(obj: Any) -> str:
     keys = [str(k) for k in list(obj)[:5]]
     more = ", …" if len(obj) > 5 else ""
     return f"it holds a dict with keys {', '.join(keys)}{more}, no state_dict"
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value

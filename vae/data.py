@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,14 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, defaul
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.utils import download_url
 
-from vae.config import ConfigError, UserError, boolean, int_at_least, one_of
+from vae.errors import DatasetError
+from vae.rules import Rule, boolean, check, int_at_least, int_in, one_of, path
+from vae.seeding import derive_seed
 
 __all__ = [
     "BINARIZE_MODES",
     "DATASETS",
+    "DATA_RULES",
     "SHA256",
     "DatasetError",
     "EpochShuffleSampler",
@@ -125,15 +128,24 @@ _SPECS = {
     ),
 }
 
-_NON_EMPTY_PATH = (
-    lambda v: isinstance(v, (str, os.PathLike)) and bool(os.fspath(v)),
-    "a non-empty path",
-)
 _IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST uses
+NUM_TRAIN = 60_000
 
-
-class DatasetError(UserError, RuntimeError):
-    """Data missing, corrupt or inconsistent; the message says which file and how to fix it."""
+#: the ``data`` config keys (the data module's arguments) → what each allows; checked once, when
+#: the data module is built
+DATA_RULES: dict[str, Rule] = {
+    "dataset": one_of(DATASETS),
+    "root": path(optional=True),
+    "batch_size": int_at_least(1),
+    "eval_batch_size": int_at_least(1),
+    "val_size": int_in(0, NUM_TRAIN - 1),
+    "seed": int_in(0, 2**63 - 1),
+    "binarize": one_of(BINARIZE_MODES),
+    "download": boolean(),
+    "num_workers": int_at_least(0),
+    "pin_memory": boolean(),
+    "device_resident": boolean(),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,9 +180,10 @@ def read_idx(
     """Read an IDX file of unsigned bytes (gzip-compressed or not) into a uint8 tensor.
 
     Gzip is recognised by its magic bytes, whatever the file name. With ``sha256`` the decompressed
-    payload must have that SHA-256; with ``ndim`` the header must declare that many dimensions.
-    Any mismatch, a wrong magic number or a truncated payload raises ``DatasetError`` naming the
-    file and what was expected versus found.
+    payload must have that SHA-256, which also vouches for its header and length. Without one, the
+    header is checked instead: the magic number, ``ndim`` dimensions if given, and a payload of the
+    declared size. Any mismatch raises ``DatasetError`` naming the file and what was expected
+    versus found.
     """
     path = Path(path)
     try:
@@ -187,6 +200,20 @@ def read_idx(
                 "corrupt or not the published one. Delete it to download it again, or replace it."
             )
 
+    if sha256 is None:
+        _check_idx_header(path, data, ndim=ndim)
+    nd = data[3]
+    header = 4 + 4 * nd
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd))
+    count = 1
+    for size in shape:
+        count *= size
+    writable = bytearray(data)  # torch.frombuffer wants writable memory
+    return torch.frombuffer(writable, dtype=torch.uint8, offset=header, count=count).view(shape)
+
+
+def _check_idx_header(path: Path, data: bytes, *, ndim: int | None) -> None:
+    """What a payload with no known checksum must satisfy to be read as an IDX file."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE:
         found = data[:4].hex() if data else "(empty file)"
         raise DatasetError(
@@ -215,8 +242,6 @@ def read_idx(
             f"{path}: {what} IDX payload: the header declares shape {shape}, i.e. "
             f"{expected:,} bytes of data, found {found_len:,}."
         )
-    writable = bytearray(data)  # torch.frombuffer wants writable memory
-    return torch.frombuffer(writable, dtype=torch.uint8, offset=header, count=expected).view(shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +249,7 @@ def read_idx(
 
 
 def _spec(dataset: str) -> _Spec:
-    _check("dataset", dataset, one_of(DATASETS))
+    check("data.dataset", dataset, DATA_RULES["dataset"])
     return _SPECS[dataset]
 
 
@@ -320,24 +345,13 @@ def load_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The verified training (60,000) or test (10,000) split.
 
-    Returns images as uint8 ``(N, 1, 28, 28)`` and labels as int64 ``(N,)``.
+    Returns images as uint8 ``(N, 1, 28, 28)`` and labels as int64 ``(N,)``. Each payload matches
+    its published SHA-256 (:data:`SHA256`), so the counts, shapes and labels are the published ones.
     """
     paths = locate_files(dataset, root, download=download)
     img_name, lbl_name = TRAIN_FILES if train else TEST_FILES
-    images = read_idx(paths[img_name], sha256=SHA256[dataset][img_name], ndim=3)
-    labels = read_idx(paths[lbl_name], sha256=SHA256[dataset][lbl_name], ndim=1)
-    if images.shape[0] != labels.shape[0]:
-        raise DatasetError(
-            f"{paths[img_name]} holds {images.shape[0]:,} images but {paths[lbl_name]} holds "
-            f"{labels.shape[0]:,} labels: they do not belong together; delete both and download "
-            "them again (data.download=true), or replace them."
-        )
-    if tuple(images.shape[1:]) != (28, 28):
-        raise DatasetError(
-            f"{paths[img_name]}: images are {tuple(images.shape[1:])}, expected (28, 28)."
-        )
-    if labels.numel() and int(labels.max()) >= 10:
-        raise DatasetError(f"{paths[lbl_name]}: label {int(labels.max())} outside 0..9.")
+    images = read_idx(paths[img_name], sha256=SHA256[dataset][img_name])  # (N, 28, 28)
+    labels = read_idx(paths[lbl_name], sha256=SHA256[dataset][lbl_name])  # (N,)
     return images.unsqueeze(1), labels.long()
 
 
@@ -410,11 +424,6 @@ def collate_batch(batch: Any) -> Any:
     return default_collate(batch)
 
 
-def _derive_seed(*parts: object) -> int:
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 class EpochShuffleSampler(RandomSampler):
     """A ``RandomSampler`` whose permutation for epoch ``e`` depends only on ``(seed, e)``.
 
@@ -432,7 +441,7 @@ class EpochShuffleSampler(RandomSampler):
         self.epoch = epoch
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(_derive_seed("shuffle", self.seed, self.epoch))
+        generator = torch.Generator().manual_seed(derive_seed("shuffle", self.seed, self.epoch))
         self.epoch += 1
         yield from torch.randperm(self.num_samples, generator=generator).tolist()
 
@@ -461,32 +470,19 @@ def to_float(
     is false and no generator is given, from a generator with a fixed seed, so the same images
     always give the same binary images (evaluation).
     """
-    _check("binarize", binarize, one_of(BINARIZE_MODES))
+    check("data.binarize", binarize, DATA_RULES["binarize"])
     if binarize == "static":
         return (images > 127).to(torch.float32)  # x/255 > 0.5  <=>  x >= 128
     x = images.to(torch.float32).div_(255.0)
     if binarize == "dynamic":
         if generator is None and not train:
-            generator = torch.Generator(device=x.device).manual_seed(_derive_seed("eval", 0))
+            generator = torch.Generator(device=x.device).manual_seed(derive_seed("eval", 0))
         x = _bernoulli(x, generator)
     return x
 
 
 # --------------------------------------------------------------------------------------------
 # The DataModule
-
-
-def _int_in(low: int, high: int) -> tuple[Callable[[Any], bool], str]:
-    ok, _ = int_at_least(low)
-    return (lambda v: ok(v) and v <= high), f"an integer in [{low}, {high}]"
-
-
-def _check(key: str, value: Any, rule: tuple[Callable[[Any], bool], str]) -> Any:
-    """``value`` if ``rule`` allows it, else ``ConfigError`` in ``validate_config``'s format."""
-    ok, allowed = rule
-    if not ok(value):
-        raise ConfigError(f"data.{key}={value!r}: expected {allowed}")
-    return value
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -505,7 +501,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     dims = (1, 28, 28)
     num_classes = 10
-    NUM_TRAIN = 60_000
+    NUM_TRAIN = NUM_TRAIN
 
     def __init__(
         self,
@@ -523,22 +519,17 @@ class MNISTDataModule(L.LightningDataModule):
         device_resident: bool = False,
     ) -> None:
         super().__init__()
-        self.dataset = _check("dataset", dataset, one_of(DATASETS))
         if root is None:
             root = os.environ.get("VAE_DATA_DIR") or "data"
-        _check("root", root, _NON_EMPTY_PATH)
-        self.root = Path(root).expanduser()
-        self.batch_size = _check("batch_size", batch_size, int_at_least(1))
-        self.eval_batch_size = _check("eval_batch_size", eval_batch_size, int_at_least(1))
-        self.val_size = _check("val_size", val_size, _int_in(0, self.NUM_TRAIN - 1))
-        self.seed = _check("seed", seed, _int_in(0, 2**63 - 1))
-        self.binarize = _check("binarize", binarize, one_of(BINARIZE_MODES))
-        self.download = _check("download", download, boolean())
-        self.num_workers = _check("num_workers", num_workers, int_at_least(0))
-        self.pin_memory = _check("pin_memory", pin_memory, boolean())
-        self.device_resident = _check("device_resident", device_resident, boolean())
+        self.save_hyperparameters(logger=False)  # the arguments: plain data in the checkpoint
+        for key, value in self.hparams.items():
+            check(f"data.{key}", value, DATA_RULES[key])
+            setattr(self, key, value)
+        # a relative root is relative to where the command started: stored absolute, so that the
+        # checkpoint finds the data from any working directory
+        self.root = Path(root).expanduser().absolute()
+        self.hparams["root"] = str(self.root)
         self.class_names = _spec(self.dataset).class_names
-        self.save_hyperparameters(logger=False)
 
         self.train_dataset: IndexedTensorDataset | None = None
         self.val_dataset: IndexedTensorDataset | None = None
@@ -642,7 +633,7 @@ class MNISTDataModule(L.LightningDataModule):
         """Under ``dynamic``: one seeded Bernoulli draw, stored as uint8 0/255."""
         if self.binarize != "dynamic":
             return images
-        generator = torch.Generator().manual_seed(_derive_seed("binarize", split, self.seed))
+        generator = torch.Generator().manual_seed(derive_seed("binarize", split, self.seed))
         draw = _bernoulli(images.to(torch.float32).div_(255.0), generator)
         return draw.to(torch.uint8).mul_(255)
 

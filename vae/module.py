@@ -16,7 +16,6 @@ Logged, per stage ``train/``, ``val/``, ``test/``:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,37 +28,18 @@ from torch import Tensor
 from torch.distributions import Normal
 from torchmetrics import MeanMetric, Metric, SumMetric
 
-from vae.checkpointing import rng_states, set_rng_states
-from vae.config import UserError
+from vae.checkpointing import load_checkpoint, rng_states, set_rng_states
+from vae.errors import NonFiniteLossError
+from vae.hparams import NETWORK_KEYS, EvalConfig, ModelConfig, OptimConfig, as_dict, coerce
 from vae.losses import GaussianKLLoss, gaussian_kl_per_dim
 from vae.model import VAE, build_vae
+from vae.seeding import derive_seed
 
-#: keys of the ``model`` config that describe the network (the rest describe the objective)
-NETWORK_KEYS = (
-    "architecture",
-    "latent_dim",
-    "hidden_dims",
-    "channels",
-    "activation",
-    "norm",
-    "logvar_bound",
-    "likelihood",
-    "gaussian_std",
-    "learn_std",
-)
+__all__ = ["NETWORK_KEYS", "NonFiniteLossError", "VAEModule"]
+
 ACTIVE_UNIT_THRESHOLD = 0.01
 EVAL_NOISE_BLOCK = 4096
 TRAIN_TERMS = ("loss", "recon", "kl", "objective")
-
-
-def _derive_seed(*parts: object) -> int:
-    """A 63-bit seed from ``parts`` (stable across processes, unlike ``hash``)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class NonFiniteLossError(UserError, FloatingPointError):
-    """The training loss became NaN or infinite; raised before anything is checkpointed."""
 
 
 class TrainTerms:
@@ -140,38 +120,52 @@ class ColumnMoments(Metric):
 class VAEModule(L.LightningModule):
     """A VAE trained on the negative ELBO with a closed-form Gaussian KL against N(0, I).
 
-    Args (all plain data, saved with the checkpoint so ``load_from_checkpoint(path)`` needs nothing else):
-        model: the ``model`` config: network keys (:data:`NETWORK_KEYS`) plus ``beta``,
-            ``kl_warmup_steps`` and ``free_bits`` (nats per latent dimension).
-        optim: the ``optim`` config: ``optimizer`` (adam | adamw), ``lr``, ``weight_decay``,
-            ``scheduler`` (none | cosine).
-        evaluation: the ``eval`` config: ``iw_samples`` and ``iw_chunk`` (samples decoded per pass).
+    ``VAEModule()`` is the model ``python train.py`` trains by default: every argument defaults to
+    the typed definitions in :mod:`vae.hparams`, whose defaults are the YAML's.
+
+    Args (saved with the checkpoint as plain dicts, so ``load_from_checkpoint(path)`` needs nothing else):
+        model: :class:`~vae.hparams.ModelConfig` or a mapping of some of its keys (the rest keep
+            their defaults): the network (:data:`NETWORK_KEYS`) plus ``beta``, ``kl_warmup_steps``
+            and ``free_bits`` (nats per latent dimension).
+        optim: :class:`~vae.hparams.OptimConfig` or a mapping: ``optimizer`` (adam | adamw),
+            ``lr``, ``weight_decay``, ``scheduler`` (none | cosine), ``min_lr_ratio``.
+        evaluation: :class:`~vae.hparams.EvalConfig` or a mapping: ``seed``, ``iw_samples`` and
+            ``iw_chunk`` (samples decoded per pass).
         image_shape: ``(C, H, W)`` of the data.
     """
 
     def __init__(
         self,
         *,
-        model: Mapping[str, Any],
-        optim: Mapping[str, Any],
-        evaluation: Mapping[str, Any],
+        model: ModelConfig | Mapping[str, Any] | None = None,
+        optim: OptimConfig | Mapping[str, Any] | None = None,
+        evaluation: EvalConfig | Mapping[str, Any] | None = None,
         image_shape: tuple[int, int, int] = (1, 28, 28),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.image_shape = tuple(image_shape)
-        self.latent_dim = int(model["latent_dim"])
+        self.model_config = coerce(ModelConfig, model, section="model")
+        self.optim_config = coerce(OptimConfig, optim, section="optim")
+        self.eval_config = coerce(EvalConfig, evaluation, section="eval")
+        self.image_shape = tuple(int(n) for n in image_shape)
+        self.save_hyperparameters(
+            {
+                "model": as_dict(self.model_config),
+                "optim": as_dict(self.optim_config),
+                "evaluation": as_dict(self.eval_config),
+                "image_shape": self.image_shape,
+            }
+        )
+        m = self.model_config
+        self.latent_dim = m.latent_dim
         self.vae: VAE = build_vae(
-            image_shape=self.image_shape, **{k: model[k] for k in NETWORK_KEYS if k in model}
+            image_shape=self.image_shape, **{k: getattr(m, k) for k in NETWORK_KEYS}
         )
-        self.beta = float(model.get("beta", 1.0))
-        self.kl_warmup_steps = int(model.get("kl_warmup_steps", 0))
-        self.kl_objective = GaussianKLLoss(
-            reduction="mean", beta=1.0, free_bits=float(model.get("free_bits", 0.0))
-        )
-        self.iw_samples = int(evaluation.get("iw_samples", 1))
-        self.iw_chunk = int(evaluation.get("iw_chunk", 16))
-        self.eval_seed = int(evaluation.get("seed", 0))
+        self.beta = float(m.beta)
+        self.kl_warmup_steps = m.kl_warmup_steps
+        self.kl_objective = GaussianKLLoss(reduction="mean", beta=1.0, free_bits=float(m.free_bits))
+        self.iw_samples = self.eval_config.iw_samples
+        self.iw_chunk = self.eval_config.iw_chunk
+        self.eval_seed = self.eval_config.seed
         self._noise_blocks: dict[tuple[str, int], Tensor] = {}
         stages = ("val", "test")
         names = ("loss", "recon", "kl")
@@ -185,7 +179,7 @@ class VAEModule(L.LightningModule):
         self.kl_dim_moments = ColumnMoments(self.latent_dim)
         self.train_terms = TrainTerms()
         self._train_elbo = self.elbo_terms  # torch.compile'd by compile_networks()
-        self.init_output_bias = bool(model.get("init_output_bias", False))
+        self.init_output_bias = m.init_output_bias
         # true once the weights are not fresh: trained here, or loaded from a checkpoint
         self._weights_trained = False
 
@@ -324,7 +318,7 @@ class VAEModule(L.LightningModule):
             kept = "no checkpoint had been written yet"
         raise NonFiniteLossError(
             f"training stopped: the loss became non-finite at step {step} "
-            f"(term: {', '.join(names)}; optim.lr={self.hparams.optim['lr']}); {kept}. "
+            f"(term: {', '.join(names)}; optim.lr={self.optim_config.lr}); {kept}. "
             "Lower optim.lr or clip gradients (trainer.gradient_clip_val=1.0)"
         )
 
@@ -394,7 +388,7 @@ class VAEModule(L.LightningModule):
         for block in blocks.unique().tolist():
             key = (stage, block)
             if key not in self._noise_blocks:
-                seed = _derive_seed(self.eval_seed, stage, block)
+                seed = derive_seed(self.eval_seed, stage, block)
                 gen = torch.Generator().manual_seed(seed)
                 self._noise_blocks[key] = torch.randn(
                     EVAL_NOISE_BLOCK, self.latent_dim, generator=gen
@@ -429,20 +423,25 @@ class VAEModule(L.LightningModule):
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        cfg = self.hparams.optim
-        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.get("optimizer", "adam")]
+        cfg = self.optim_config
+        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
         # fused: one kernel for the whole update (about 2.4× faster than foreach Adam on 2 CPU cores)
         optimizer = kind(
-            self.parameters(),
-            lr=float(cfg["lr"]),
-            weight_decay=float(cfg.get("weight_decay", 0.0)),
-            fused=True,
+            self.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay), fused=True
         )
-        scheduler = cfg.get("scheduler", "none")
-        if scheduler == "none":
+        if cfg.scheduler == "none":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=total, eta_min=float(cfg["lr"]) * float(cfg.get("min_lr_ratio", 0.0))
+            optimizer, T_max=total, eta_min=float(cfg.lr) * float(cfg.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, **kwargs: Any) -> VAEModule:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint`` (same arguments), made safe: the file is checked by
+        :func:`vae.checkpointing.load_checkpoint` first (a :class:`~vae.errors.CheckpointError` if
+        it is not a checkpoint of this model or holds Python objects), then read as data only."""
+        load_checkpoint(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, **kwargs, weights_only=True)

@@ -22,7 +22,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from vae.checkpointing import AtomicCheckpointIO, check_resumable
-from vae.config import ConfigError, UserError, validate_config
+from vae.config import validate_config
+from vae.errors import ConfigError, UserError
 from vae.module import VAEModule
 
 
@@ -111,6 +112,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ``checkpoints/`` (``last.ckpt`` and the best by ``val/loss``) and ``metrics.json``.
     """
     validate_config(cfg)
+    datamodule = _instantiate(cfg.data)  # checks the data.* keys (vae.data.DATA_RULES)
     if cfg.get("ckpt_path"):
         check_resumable(
             cfg.ckpt_path,
@@ -121,7 +123,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     _ensure_writable(output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = _instantiate(cfg.data)
     if not getattr(datamodule, "download", True):
         datamodule.prepare_data()
     module = build_module(cfg, datamodule.dims)
@@ -165,26 +166,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
         }
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        for logger in trainer.loggers:
-            flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
-            logger.log_hyperparams(flat, metrics={f"hparams/{k}": v for k, v in metrics.items()})
+        for logger in trainer.loggers:  # the logger flattens the nested config itself
+            hparams = OmegaConf.to_container(cfg, resolve=True)
+            logger.log_hyperparams(hparams, metrics={f"hparams/{k}": v for k, v in metrics.items()})
             logger.finalize("success")
         print(f"Run directory: {output_dir.resolve()}")
     return metrics
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"latent_dim": 2}}`` → ``{"model.latent_dim": 2}``; lists become strings."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        elif isinstance(value, (list, tuple)) or value is None:
-            flat[name] = str(value)
-        else:
-            flat[name] = value
-    return flat
 
 
 def run_cli(cfg: DictConfig) -> float | None:

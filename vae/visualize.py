@@ -19,6 +19,7 @@ Figures (all from the **test** split, posterior means E[z | x] for the scatter):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -33,22 +34,26 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from vae import plots
-from vae.config import UserError
+from vae.errors import UserError
 
 PROJECTOR_MIN_DIMS = 3
 FIGURES = ("latent_space", "manifold", "reconstructions", "samples", "interpolation")
 
 
+PROJECTIONS = ("pca", "axes")
+
+
 @dataclass(frozen=True)
 class FigureOptions:
-    """What :func:`render_figures` draws; the defaults are the callback's config defaults."""
+    """What :func:`render_figures` draws: declared once, read by the callback
+    (``callbacks.visualize.*``, whose YAML lists these defaults) and the command line's flags."""
 
-    grid_size: int = 20
-    max_points: int | None = None
+    grid_size: int = 20  # manifold.png is grid_size × grid_size decoded images
+    max_points: int | None = None  # subsample the scatter plot (None = every test image)
     n_samples: int = 64
     n_reconstructions: int = 32
     interpolation_steps: int = 10
-    projection: str = "pca"  # pca | axes (the first two latent coordinates), for latent_dim > 2
+    projection: str = "pca"  # latent_dim > 2: pca | axes (the first two latent coordinates)
     seed: int = 0
 
 
@@ -246,25 +251,6 @@ def _resolve_checkpoint(target: Path) -> Path:
     return target
 
 
-class CheckpointError(UserError, ValueError):
-    """The command line's target is not a readable checkpoint of :class:`vae.module.VAEModule`."""
-
-
-def _load_checkpoint(ckpt: Path) -> dict[str, Any]:
-    """The checkpoint's dict; :class:`CheckpointError` (one line) if it is not a vae checkpoint."""
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated file, another format, a pickle error...
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise CheckpointError(
-            f"{ckpt}: not a readable checkpoint ({type(err).__name__}: {first})"
-        ) from None
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or "model" not in hparams or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{ckpt}: not a checkpoint of vae.module.VAEModule")
-    return checkpoint
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -288,13 +274,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--data-root", help="folder holding MNIST/raw (default: the run's data.root)"
     )
-    parser.add_argument("--grid-size", type=_positive_int, default=FigureOptions.grid_size)
-    parser.add_argument(
-        "--max-points", type=_positive_int, default=None, help="subsample the scatter"
-    )
-    parser.add_argument("--n-samples", type=_positive_int, default=FigureOptions.n_samples)
-    parser.add_argument("--projection", choices=("pca", "axes"), default="pca")
-    parser.add_argument("--seed", type=int, default=0)
+    for f in dataclasses.fields(FigureOptions):  # one flag per option, e.g. --grid-size
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "projection":
+            parser.add_argument(flag, choices=PROJECTIONS, default=f.default)
+        elif f.name == "seed":
+            parser.add_argument(flag, type=int, default=f.default)
+        else:
+            parser.add_argument(flag, type=_positive_int, default=f.default)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
@@ -303,20 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         ckpt = _resolve_checkpoint(args.target)
-        hparams = _load_checkpoint(ckpt).get("datamodule_hyper_parameters", {})
+        # checked first by vae.checkpointing.load_checkpoint, then read with weights_only=True
         module = VAEModule.load_from_checkpoint(ckpt, map_location=args.device)
-        data_kwargs = dict(hparams) | {"download": False}
-        if args.data_root:
-            data_kwargs["root"] = args.data_root
-        dm = MNISTDataModule(**data_kwargs)
+        overrides = {"download": False} | ({"root": args.data_root} if args.data_root else {})
+        dm = MNISTDataModule.load_from_checkpoint(ckpt, weights_only=True, **overrides)
         dm.setup("test")
         ds = dm.test_dataset
         options = FigureOptions(
-            grid_size=args.grid_size,
-            max_points=args.max_points,
-            n_samples=args.n_samples,
-            projection=args.projection,
-            seed=args.seed,
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(FigureOptions)}
         )
         figures = render_figures(
             module, dm.to_float(ds.images), ds.labels, class_names=dm.class_names, options=options

@@ -1,0 +1,106 @@
+"""The typed hyper-parameters of a model: :class:`ModelConfig`, :class:`OptimConfig`, :class:`EvalConfig`.
+
+Each field is declared once, with its default and its rule (the values allowed), as nanoGPT's
+``GPTConfig``. The ``model`` / ``optim`` / ``eval`` sections of ``configs/`` list the same defaults
+for the command line (``tests/test_structure.py`` fails if they differ); :class:`vae.module.VAEModule`
+takes these or plain mappings and stores them in the checkpoint as dicts; :mod:`vae.config`
+checks the composed config with the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from vae.errors import ConfigError
+from vae.likelihoods import LIKELIHOODS
+from vae.model import ACTIVATIONS, ARCHITECTURES, NORMS
+from vae.rules import Rule, boolean, check, int_at_least, int_list, number_at_least, one_of, plain
+
+C = TypeVar("C")
+
+
+def _field(default: Any, rule: Rule, *, network: bool = False) -> Any:
+    """A field with its rule; ``network``: the key describes the network, not the objective."""
+    meta = {"rule": rule, "network": network}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model``: the network (:data:`NETWORK_KEYS`) and the objective recon + β_t · KL, with
+    β_t = ``beta`` · min(1, step / ``kl_warmup_steps``) and ``free_bits`` nats per latent dimension."""
+
+    architecture: str = _field("mlp", one_of(ARCHITECTURES), network=True)
+    latent_dim: int = _field(2, int_at_least(1), network=True)
+    hidden_dims: list[int] = _field([512, 256], int_list(), network=True)  # noqa: RUF009
+    channels: list[int] = _field([32, 64], int_list(), network=True)  # noqa: RUF009 (conv only)
+    activation: str = _field("relu", one_of(tuple(ACTIVATIONS)), network=True)
+    norm: str = _field("layer", one_of(NORMS), network=True)
+    init_output_bias: bool = _field(True, boolean())
+    logvar_bound: float = _field(10.0, number_at_least(0, strict=True), network=True)
+    likelihood: str = _field("bernoulli", one_of(LIKELIHOODS), network=True)
+    gaussian_std: float = _field(1.0, number_at_least(0, strict=True), network=True)
+    learn_std: bool = _field(False, boolean(), network=True)
+    beta: float = _field(1.0, number_at_least(0))
+    kl_warmup_steps: int = _field(0, int_at_least(0))
+    free_bits: float = _field(0.0, number_at_least(0))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """``optim``: Adam(W) at ``lr``, cosine-annealed per step to ``lr · min_lr_ratio`` or constant."""
+
+    optimizer: str = _field("adam", one_of(("adam", "adamw")))
+    lr: float = _field(3.0e-3, number_at_least(0, strict=True))
+    weight_decay: float = _field(0.0, number_at_least(0))
+    scheduler: str = _field("cosine", one_of(("none", "cosine")))
+    min_lr_ratio: float = _field(0.0, number_at_least(0))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``eval``: the seed of the evaluation noise, ``iw_samples`` per test image for the
+    importance-weighted bound, ``iw_chunk`` samples decoded per pass."""
+
+    seed: int = _field(0, int_at_least(0))
+    iw_samples: int = _field(100, int_at_least(1))
+    iw_chunk: int = _field(10, int_at_least(1))
+
+
+#: config section → its typed definition
+SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig, "eval": EvalConfig}
+#: keys of ``model`` that describe the network (the rest describe the objective)
+NETWORK_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata["network"])
+
+
+def rules(section: str) -> dict[str, Rule]:
+    """``{"<section>.<key>": rule}`` for every field of that section."""
+    return {
+        f"{section}.{f.name}": f.metadata["rule"] for f in dataclasses.fields(SECTIONS[section])
+    }
+
+
+def coerce(cls: type[C], value: C | Mapping[str, Any] | None, *, section: str) -> C:
+    """``value`` as a ``cls``: an instance as is, a mapping's keys over the defaults (``None``: the
+    defaults). An unknown key or a value its rule refuses is a :class:`ConfigError`."""
+    if isinstance(value, cls):
+        return value
+    given = dict(value or {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    if unknown := sorted(set(given) - set(names)):
+        keys = ", ".join(names)
+        raise ConfigError(f"{section}.{unknown[0]}: no such key; the {section} keys are {keys}")
+    for f in dataclasses.fields(cls):
+        if f.name in given:
+            given[f.name] = check(f"{section}.{f.name}", plain(given[f.name]), f.metadata["rule"])
+    return cls(**given)
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    """The plain dict of a config dataclass (lists stay lists): what the checkpoint stores."""
+    return dataclasses.asdict(config)
