@@ -40,6 +40,8 @@ CKPT_HINT = (
     "pass a checkpoint written by train.py, such as logs/train/runs/<run>/checkpoints/last.ckpt"
 )
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6
+#: data-module arguments a resumed run must share with its checkpoint: they define the split
+SPLIT_KEYS = ("dataset", "seed", "val_size")
 
 
 def load_checkpoint(
@@ -161,6 +163,8 @@ def check_resumable(
     ckpt_path: str | os.PathLike[str],
     model_cfg: Mapping[str, Any],
     optim_cfg: Mapping[str, Any] | None = None,
+    *,
+    data: Mapping[str, Any] | None = None,
 ) -> None:
     """Raise unless ``ckpt_path`` is a checkpoint of the network in ``model_cfg``.
 
@@ -169,7 +173,9 @@ def check_resumable(
     change between the two runs. With ``optim_cfg`` (the plain ``optim`` config) every optimiser
     key must match too: resuming restores the optimiser's and the scheduler's state, learning rate
     and weight decay included, so a changed value would silently not take effect (while the new
-    checkpoint's hyper-parameters claimed it had). A file that is no such checkpoint is a
+    checkpoint's hyper-parameters claimed it had). With ``data`` (the data module's arguments) the
+    keys that define the split must match (:data:`SPLIT_KEYS`): another seed or validation size
+    would put images the model trained on into validation. A file that is no such checkpoint is a
     :class:`CheckpointError`, a mismatch a :class:`ConfigError`; each message is one line naming
     ``ckpt_path``, what is wrong and how to fix it.
     """
@@ -182,6 +188,16 @@ def check_resumable(
                 f"{label} was trained with model.{key}={plain(saved[key])!r} but the "
                 f"config says model.{key}={plain(model_cfg[key])!r}; resume with the same model "
                 "settings (the run's config.yaml has them)"
+            )
+    saved_data = ckpt.get("datamodule_hyper_parameters")
+    for key in SPLIT_KEYS if data is not None and isinstance(saved_data, Mapping) else ():
+        if key in saved_data and key in data and saved_data[key] != data[key]:
+            also = " (data.seed follows seed)" if key == "seed" else ""
+            raise ConfigError(
+                f"{label} was trained with data.{key}={saved_data[key]!r} but the config says "
+                f"data.{key}={data[key]!r}{also}: a different split would put images the model "
+                "trained on into validation; resume with the same seed and data settings (the "
+                "run's config.yaml has them), or start a new run"
             )
     saved_optim = ckpt["hyper_parameters"].get("optim")
     if optim_cfg is None or not isinstance(saved_optim, Mapping):

@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -446,6 +446,45 @@ class EpochShuffleSampler(RandomSampler):
         yield from torch.randperm(self.num_samples, generator=generator).tolist()
 
 
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` that resumes mid-epoch: a run restored from a checkpoint saved in the middle
+    of an epoch (SIGTERM, SIGINT) trains on exactly the batches that epoch had left.
+
+    ``position()`` is how many batches of the current epoch are already trained (the data module
+    reads Lightning's batch progress, which the checkpoint restores; it is 0 when an epoch starts).
+    A pass skips that many batches of the epoch's order, a function of (seed, epoch)
+    (:class:`EpochShuffleSampler`), when it yields its first batch (Lightning creates iterators it
+    never advances, and loads loader states only when its set-up came after the restore, which
+    estimating the schedule's length prevents: so the position is read when needed, not loaded).
+    ``state_dict`` / ``load_state_dict`` make Lightning treat the loader as resumable (no warning).
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
+
+    def __iter__(self) -> Iterator[Any]:
+        # lazy: the position is read (and the skip done) when the pass yields its first batch
+        done = int(self.position())
+        if not 0 < done < len(self):  # a new epoch: as DataLoader (a generator around it)
+            yield from super().__iter__()
+            return
+        # a mid-epoch restore. Creating the iterator draws a base seed from the global RNG, which
+        # the uninterrupted run did before the checkpoint's RNG state was taken: undo that draw
+        state = torch.get_rng_state()
+        batches = super().__iter__()
+        torch.set_rng_state(state)
+        for _ in range(done):  # uint8 gathers only: ~0.05 ms a batch
+            next(batches)
+        yield from batches
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_trained": int(self.position())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Nothing to load: the position comes back with Lightning's own loop state."""
+
+
 def _bernoulli(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """1.0 with probability ``p``, else 0.0, elementwise: ``U < p`` with U ~ Uniform[0, 1).
 
@@ -572,7 +611,8 @@ class MNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._require(self.train_dataset, "train")
-        return self._loader(ds, self.batch_size, EpochShuffleSampler(ds, seed=self.seed))
+        sampler = EpochShuffleSampler(ds, seed=self.seed)
+        return self._loader(ds, self.batch_size, sampler, position=self._batches_trained)
 
     def val_dataloader(self) -> DataLoader | list:
         ds = self._require(self.val_dataset, "val")
@@ -648,11 +688,17 @@ class MNISTDataModule(L.LightningDataModule):
                 ds.to(device)
 
     def _loader(
-        self, ds: IndexedTensorDataset, batch_size: int, sampler: Sampler | None
+        self,
+        ds: IndexedTensorDataset,
+        batch_size: int,
+        sampler: Sampler | None,
+        *,
+        position: Callable[[], int] | None = None,
     ) -> DataLoader:
         on_device = ds.images.device.type != "cpu"
         workers = 0 if on_device else self.num_workers
-        return DataLoader(
+        kwargs = {"position": position} if position is not None else {}
+        return (ResumableLoader if position is not None else DataLoader)(
             ds,
             batch_size=batch_size,
             sampler=sampler,
@@ -660,7 +706,13 @@ class MNISTDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=self.pin_memory and not on_device,
             persistent_workers=workers > 0,
+            **kwargs,
         )
+
+    def _batches_trained(self) -> int:
+        """Training batches completed in the current epoch (what a mid-epoch checkpoint records)."""
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.completed if trainer else 0
 
     @staticmethod
     def _require(ds: IndexedTensorDataset | None, split: str) -> IndexedTensorDataset:

@@ -26,3 +26,12 @@ class CheckpointError(UserError, ValueError):
 
 class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; raised before anything is checkpointed."""
+
+
+class RunInterrupted(Exception):
+    """A run stopped by SIGTERM / SIGINT after saving a resumable checkpoint (not a user error:
+    the command line prints how to resume and exits with ``exit_code``, 128 + the signal's number)."""
+
+    def __init__(self, message: str, *, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -29,7 +29,7 @@ from torch.distributions import Normal
 from torchmetrics import MeanMetric, Metric, SumMetric
 
 from vae.checkpointing import load_checkpoint, rng_states, set_rng_states
-from vae.errors import NonFiniteLossError
+from vae.errors import ConfigError, NonFiniteLossError
 from vae.hparams import NETWORK_KEYS, EvalConfig, ModelConfig, OptimConfig, as_dict, coerce
 from vae.losses import GaussianKLLoss, gaussian_kl_per_dim
 from vae.model import VAE, build_vae
@@ -332,6 +332,26 @@ class VAEModule(L.LightningModule):
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
         if resuming and "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        # trainer.max_time budgets each invocation: the Timer of the run that was stopped by it is
+        # not restored (it would end the resumed run at once, having trained nothing)
+        for key in [k for k in checkpoint.get("callbacks", {}) if str(k).startswith("Timer")]:
+            del checkpoint["callbacks"][key]
+
+    def on_train_start(self) -> None:
+        """A resumed cosine schedule must plan the same number of steps as this run: a larger
+        ``trainer.max_epochs`` would keep the old ``T_max``, so the learning rate would fall to 0
+        and climb back to its peak. Refused, naming the key."""
+        scheduler = self.lr_schedulers()
+        planned = max(1, int(self.trainer.estimated_stepping_batches))
+        t_max = getattr(scheduler, "T_max", planned)
+        if t_max != planned:
+            raise ConfigError(
+                f"trainer.max_epochs={self.trainer.max_epochs} plans {planned} steps, but the "
+                f"checkpoint's cosine schedule ends at step {t_max} (the run it continues planned "
+                "that many): the learning rate would reach 0 and climb back. Resume with that "
+                "run's trainer.max_epochs and data.batch_size (its config.yaml has them), or "
+                "start a new run"
+            )
 
     # ---- evaluation ------------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> dict[str, Tensor]:

@@ -5,11 +5,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +23,15 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vae.checkpointing import AtomicCheckpointIO, check_resumable
 from vae.config import validate_config
-from vae.errors import ConfigError, UserError
+from vae.errors import ConfigError, RunInterrupted, UserError
 from vae.module import VAEModule
+from vae.preemption import Preemption
 
 
 def _ensure_writable(directory: Path) -> None:
@@ -105,24 +112,103 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+@contextlib.contextmanager
+def run_lock(output_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``<output_dir>/.lock`` for the run (global rank 0 only:
+    the other DDP processes share its directory). A second live run into the same directory is a
+    :class:`ConfigError` naming the holder's PID; the lock dies with its process (``kill -9`` too)."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    with open(output_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ConfigError(
+                f"run directory {str(output_dir)!r} is in use by another run (PID {holder}); "
+                "wait for it to end, or choose another one with hydra.run.dir=<dir>"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def resolve_ckpt_path(value: Any, output_dir: Path) -> Path | None:
+    """``ckpt_path``: ``null`` (a new run), a path (relative to where the command started), or
+    ``last``: ``<run dir>/checkpoints/last.ckpt`` if it exists, else a new run (so a requeued job
+    can use one fixed command with ``hydra.run.dir=<dir> ckpt_path=last``)."""
+    if value is None:
+        return None
+    if value == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return last.absolute()
+        print(f"ckpt_path=last: no {last} yet, starting a new run", file=sys.stderr)
+        return None
+    return Path(value).expanduser().absolute()
+
+
+def _resume_command(ckpt: Path, output_dir: Path) -> str:
+    """``python train.py <the same overrides> hydra.run.dir=<run> ckpt_path=<ckpt>``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under @hydra.main (train(cfg) from Python)
+        task = []
+    kept = [
+        o for o in task if o.lstrip("+~").split("=", 1)[0] not in ("ckpt_path", "hydra.run.dir")
+    ]
+    args = [*kept, f"hydra.run.dir={output_dir}", f"ckpt_path={ckpt}"]
+    return "python train.py " + " ".join(shlex.quote(a) for a in args)
+
+
+def _write_metrics(path: Path, summary: dict[str, Any], *, resumed_from: Path | None) -> None:
+    """Write ``metrics.json``; a resumed run keeps the metrics of the file it continues that it
+    did not compute again (e.g. ``val/*`` when nothing was left to train), and says so."""
+    if resumed_from is not None and path.is_file():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            earlier = json.loads(path.read_text())["metrics"]
+            summary["metrics"] = earlier | summary["metrics"]
+    if resumed_from is not None:
+        summary["resumed_from"] = str(resumed_from)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) the model described by ``cfg``; return the final metrics (nats per image).
 
     Writes into ``cfg.paths.output_dir``: ``config.yaml`` (the composed config), ``tensorboard/``,
-    ``checkpoints/`` (``last.ckpt`` and the best by ``val/loss``) and ``metrics.json``.
+    ``checkpoints/`` (``last.ckpt`` and the best by ``val/loss``) and ``metrics.json``. SIGTERM or
+    SIGINT save ``checkpoints/last.ckpt`` at the current step and raise :class:`RunInterrupted`.
     """
     validate_config(cfg)
     datamodule = _instantiate(cfg.data)  # checks the data.* keys (vae.data.DATA_RULES)
-    if cfg.get("ckpt_path"):
+    output_dir = Path(cfg.paths.output_dir).absolute()
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    if ckpt_path is not None:
         check_resumable(
-            cfg.ckpt_path,
+            ckpt_path,
             OmegaConf.to_container(cfg.model, resolve=True),
             OmegaConf.to_container(cfg.optim, resolve=True),
+            data=dict(datamodule.hparams),
         )
-    output_dir = Path(cfg.paths.output_dir)
     _ensure_writable(output_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    with run_lock(output_dir):
+        return _fit_and_test(cfg, datamodule, output_dir, ckpt_path)
 
+
+def _fit_and_test(
+    cfg: DictConfig, datamodule: Any, output_dir: Path, ckpt_path: Path | None
+) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     if not getattr(datamodule, "download", True):
         datamodule.prepare_data()
     module = build_module(cfg, datamodule.dims)
@@ -131,9 +217,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it cannot show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    preemption = Preemption()
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = _build_trainer(
-        cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg,
+        callbacks=[*callbacks, preemption],
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
     )
     if trainer.strategy.root_device.type == "cpu":
         # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, which makes every torch.cuda.is_available()
@@ -142,18 +232,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         _write_config(output_dir, OmegaConf.to_yaml(cfg, resolve=True))
 
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    fit_seconds = time.perf_counter() - start
-
-    metrics = {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")}
-    test_seconds = None
-    if cfg.get("test"):
-        # the final weights: the model the figures show (best-by-val/loss is saved as well)
-        start = time.perf_counter()
-        results = trainer.test(module, datamodule=datamodule, verbose=False)
-        test_seconds = round(time.perf_counter() - start, 2)
-        metrics.update(_scalars(results[0]))
+    try:
+        with preemption.installed():
+            start = time.perf_counter()
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            fit_seconds = time.perf_counter() - start
+            metrics = {
+                k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")
+            }
+            test_seconds = None
+            if cfg.get("test"):
+                # the final weights: the model the figures show (best-by-val/loss is saved as well)
+                start = time.perf_counter()
+                results = trainer.test(module, datamodule=datamodule, verbose=False)
+                test_seconds = round(time.perf_counter() - start, 2)
+                metrics.update(_scalars(results[0]))
+    except SIGTERMException:
+        if preemption.saved is None or preemption.received is None:
+            raise
+        step, path = preemption.saved
+        signum = preemption.received
+        raise RunInterrupted(
+            f"interrupted at step {step} ({signum.name}); resume with: "
+            f"{_resume_command(path, output_dir)}",
+            exit_code=128 + int(signum),
+        ) from None
 
     if trainer.is_global_zero:
         summary = {
@@ -165,7 +268,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "test_seconds": test_seconds,
             "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
         }
-        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _write_metrics(output_dir / "metrics.json", summary, resumed_from=ckpt_path)
         for logger in trainer.loggers:  # the logger flattens the nested config itself
             hparams = OmegaConf.to_container(cfg, resolve=True)
             logger.log_hyperparams(hparams, metrics={f"hparams/{k}": v for k, v in metrics.items()})
@@ -181,4 +284,8 @@ def run_cli(cfg: DictConfig) -> float | None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except RunInterrupted as stop:
+        if rank_zero_only.rank == 0:
+            print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
     return metrics.get("test/loss", metrics.get("val/loss"))

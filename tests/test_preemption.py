@@ -1,0 +1,221 @@
+"""SIGTERM / SIGINT leave a checkpoint of the current step and a non-zero exit; one run per directory.
+
+Real subprocesses for the signals (a scheduler sends SIGTERM to the process, a user's Ctrl-C is
+SIGINT), the 2-process DDP run and the lock; the exact-resume check runs in-process, where a
+callback sends the signal at a known step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import ROOT, TINY, compose_config
+
+from vae.errors import ConfigError, RunInterrupted
+from vae.training import run_cli, train
+
+pytestmark = pytest.mark.usefixtures("mnist_root")
+
+#: 3 epochs × 8 batches with a cosine schedule, dynamic binarisation and the reparameterisation
+#: noise: everything an exact resume must restore (as tests/test_reliability.py)
+RUN = (
+    *TINY,
+    "trainer.max_epochs=3",
+    "data.binarize=dynamic",
+    "callbacks.visualize.projector=false",
+)
+METRICS = ("val/loss", "val/recon", "val/kl", "test/loss", "test/recon", "test/kl", "test/nll_iw")
+LINE = re.compile(
+    r"^interrupted at step (\d+) \((SIGTERM|SIGINT)\); resume with: (python train\.py .*)$"
+)
+
+
+class SignalAt(L.Callback):
+    """Send ``signum`` to this process after ``step`` optimiser steps (what a scheduler does)."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class Marker(L.Callback):
+    """Write the step to ``path`` after each batch and sleep: lets a test signal mid-epoch."""
+
+    def __init__(self, path: str, seconds: float = 0.2) -> None:
+        self.path, self.seconds = Path(path), seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.path.write_text(str(trainer.global_step))
+        time.sleep(self.seconds)
+
+
+def _metrics(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train(compose_config(RUN, output_dir=run_dir))
+    return _metrics(run_dir)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_epoch_saves_that_step_and_the_resume_is_exact(
+    signum: int, code: int, uninterrupted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    cb = ("+callbacks.sig._target_=test_preemption.SignalAt", "+callbacks.sig.step=12")
+    cfg = compose_config([*RUN, *cb, f"+callbacks.sig.signum={int(signum)}"], output_dir=run_dir)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(cfg)
+    assert exc.value.code == code
+    lines = capsys.readouterr().err.splitlines()
+    match = LINE.match(lines[-1])
+    assert match, lines[-1]
+    assert match.group(1) == "12"  # the middle of epoch 2 (steps 8..15): nothing trained is lost
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert f"ckpt_path={last}" in match.group(3)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 12
+    assert not (run_dir / "metrics.json").exists()  # an interrupted run reports no result
+
+    train(compose_config([*RUN, f"ckpt_path={last}"], output_dir=run_dir))
+    resumed = _metrics(run_dir)
+    for key in METRICS:
+        # bit-exact on CPU: the rest of epoch 2 is the same batches with the same random numbers
+        assert resumed[key] == uninterrupted[key], (key, resumed[key], uninterrupted[key])
+
+
+def _train_py(*args: str, cwd: Path = ROOT, **kwargs) -> subprocess.Popen:
+    env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
+    cmd = [sys.executable, str(ROOT / "train.py"), *args, "data.download=false"]
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _wait_for_step(marker: Path, proc: subprocess.Popen, step: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = marker.read_text().strip() if marker.exists() else ""
+        if text.isdigit() and int(text) >= step:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no step {step} before the end: {proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
+def test_sigterm_to_a_real_run_exits_143_with_one_line(trainer: str, tmp_path: Path) -> None:
+    """What SLURM / Kubernetes do before preemption; under DDP too (2 gloo processes)."""
+    run_dir, marker = tmp_path / "run", tmp_path / "step"
+    args = [*RUN, f"trainer={trainer}", "test=false", f"hydra.run.dir={run_dir}"]
+    args += ["+callbacks.mark._target_=test_preemption.Marker", f"+callbacks.mark.path={marker}"]
+    proc = _train_py(*args)
+    _wait_for_step(marker, proc, 10)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    interrupted = [line for line in err.splitlines() if line.startswith("interrupted at")]
+    assert len(interrupted) == 1, err[-3000:]  # one line, from rank 0 only
+    match = LINE.match(interrupted[0])
+    assert match, interrupted[0]
+    step = int(match.group(1))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step
+    if trainer == "cpu":  # the printed command resumes the run, in its own directory
+        resume = shlex.split(match.group(3))[2:]
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *resume],
+            cwd=ROOT,
+            env=os.environ | {"PYTHONPATH": str(ROOT / "tests")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 24
+
+
+def test_ckpt_path_last_starts_then_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A requeued job can use one fixed command: ``hydra.run.dir=<dir> ckpt_path=last``."""
+    run_dir = tmp_path / "run"
+    cfg = compose_config(
+        [*RUN, "trainer.max_epochs=1", "test=false", "ckpt_path=last"], output_dir=run_dir
+    )
+    train(cfg)
+    assert "ckpt_path=last: no " in capsys.readouterr().err
+    first = json.loads((run_dir / "metrics.json").read_text())
+    assert first["global_step"] == 8
+    again = compose_config(
+        [*RUN, "test=false", "trainer.max_epochs=1", "ckpt_path=last"], output_dir=run_dir
+    )
+    train(again)
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from"] == str(
+        run_dir / "checkpoints" / "last.ckpt"
+    )
+
+
+def test_a_second_live_run_into_the_same_directory_is_refused(tmp_path: Path) -> None:
+    run_dir, marker = tmp_path / "run", tmp_path / "step"
+    args = [*RUN, "test=false", f"hydra.run.dir={run_dir}"]
+    first = _train_py(
+        *args, "+callbacks.mark._target_=test_preemption.Marker", f"+callbacks.mark.path={marker}"
+    )
+    try:
+        _wait_for_step(marker, first, 1)
+        second = _train_py(*args)
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2
+        assert err.splitlines()[-1] == (
+            f"error: run directory {str(run_dir)!r} is in use by another run (PID {first.pid}); "
+            "wait for it to end, or choose another one with hydra.run.dir=<dir>"
+        )
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 143  # the first run was not disturbed, and stops as asked
+
+
+def test_the_lock_is_released_after_a_run_and_after_an_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunInterrupted):
+        train(
+            compose_config(
+                [*RUN, "+callbacks.sig._target_=test_preemption.SignalAt", "+callbacks.sig.step=3"],
+                output_dir=run_dir,
+            )
+        )
+    with pytest.raises(ConfigError, match=r"was trained with data\.seed=0"):
+        train(
+            compose_config(
+                [*RUN, "seed=1", f"ckpt_path={run_dir}/checkpoints/last.ckpt"], output_dir=run_dir
+            )
+        )
+    train(
+        compose_config(
+            [*RUN, "test=false", f"ckpt_path={run_dir}/checkpoints/last.ckpt"], output_dir=run_dir
+        )
+    )
