@@ -154,8 +154,10 @@ def gaussian_kl_per_dim(
     and |mu| ≤ 1e3, gradients included: relative error ≤ 1e-6 against N(0, I) and ≤ 5e-6 with
     a prior, where rounding Δ itself costs up to |Δ|·2⁻²⁴ (the condition number of exp).
 
-    Extremes: ``logvar = ±inf`` (a posterior of infinite or zero variance) gives +inf, as does any
-    input whose KL exceeds the dtype's range; the gradient is finite wherever the value is.
+    Extremes: ``logvar = ±inf`` (a posterior of infinite or zero variance) gives +inf, as do
+    inputs where e^Δ overflows (Δ > 88.72 in float32, > 709.78 in float64; so also within ln 2
+    below the point where the KL ½ e^Δ itself would overflow) or the KL exceeds the dtype's range;
+    the gradient is finite wherever the value is.
     float16 / bfloat16 inputs are computed in float32 and the result rounded to their dtype once,
     so float16 is within one float16 ulp of the exact value up to its range: inf only where the KL
     itself exceeds 65504 (against N(0, I): logvar ≳ 11.8, or |mu| ≳ 362). An empty batch,
@@ -456,8 +458,8 @@ class GaussianKLLoss(nn.Module):
                 "batch or use reduction='sum', which gives 0"
             )
         if self._free_bits > 0:
-            if n == 0:  # 'sum': N · Σ_j max(λ, K_j) with N = 0, without the NaN of an empty mean
-                return per_dim.new_zeros(())
+            if n == 0:  # 'sum': N · Σ_j max(λ, K_j) = 0 for N = 0, not 0 · NaN (an empty mean)
+                return self._beta * per_dim.sum()  # 0, still attached to the graph
             dim_means = per_dim.reshape(n, per_dim.shape[-1]).mean(0)  # K_j, shape (d,)
             # Kingma et al. (2016), appendix C.8: Σ_j max(λ, E_batch[KL_j])
             kl = dim_means.clamp(min=self._free_bits).sum()
