@@ -13,10 +13,13 @@ Discrete (probability vectors along ``dim``; unit chosen by ``base``: e → nats
 
 Every function keeps the device of its inputs and returns their (promoted) floating dtype. The
 Gaussian functions compute float16 and bfloat16 inputs in float32 (:func:`_compute_dtypes`) and
-round the result once: float16 cannot hold e^{logvar} for logvar > 11.09. Nothing returns NaN for
-a valid input: an empty batch gives an empty result or a sum of 0 (a mean over no samples is a
-``ValueError``), ``logvar = ±inf`` gives +inf, and inputs that would give inf or NaN by accident (a
-singular Cholesky factor, a probability vector that is not one) raise a ``ValueError``.
+round the result once: float16 cannot hold e^{logvar} for logvar > 11.09. No silent NaN: an empty
+batch gives an empty result or a sum of 0 (a mean over no samples is a ``ValueError``),
+``logvar = ±inf`` gives +inf, and inputs that would give inf or NaN by accident (a Cholesky factor
+with a zero on its diagonal; with ``validate=True``, probabilities that are not a distribution)
+raise a ``ValueError``. The value checks read tensors on the host: inside
+``torch.compile(fullgraph=True)`` or ``torch.func.vmap`` pass ``validate=False`` (the error says
+so). NaN inputs give NaN.
 Conventions for zero probabilities follow Cover & Thomas, *Elements of Information Theory*
 (2nd ed., 2006), §2.3: 0 log(0/q) = 0 (also for q = 0) and p log(p/0) = +∞ for p > 0.
 """
