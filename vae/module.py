@@ -414,9 +414,10 @@ class VAEModule(L.LightningModule):
         ``(IW_NOISE_BLOCK, latent_dim)`` draw from a CPU generator seeded with
         (``eval.seed``, ``"test_iw"``, ``i // IW_NOISE_BLOCK``, k): a function of (seed, position,
         k) only, so ``test/nll_iw`` does not depend on the batch size, ``eval.iw_chunk``, the
-        number of DDP processes or what ran before. Nothing is cached (K · N · d numbers would
-        be), and the Python loop runs over samples × blocks, not images: one draw per sample
-        for each block of :data:`IW_NOISE_BLOCK` positions the batch touches.
+        number of DDP processes or what ran before. Nothing is cached (a cache would hold
+        K · N · d numbers), and the Python loop runs over samples × blocks, not images: one draw
+        per sample for each block of :data:`IW_NOISE_BLOCK` positions the batch touches (0.04 s
+        for 10,000 images × K = 100 with d = 2, 0.11 s with d = 20, on 2 CPU cores).
         """
         idx = index.cpu()
         blocks, inverse = torch.div(idx, IW_NOISE_BLOCK, rounding_mode="floor").unique(
@@ -436,7 +437,7 @@ class VAEModule(L.LightningModule):
                 )
                 for block in blocks.tolist()
             ]
-            # index_select: advanced indexing with two index tensors is ~1000× slower on a busy CPU
+            # index_select takes ~6 µs; drawn[block, row] indexing took 10 µs to 7 ms on a busy CPU
             out[k - start] = torch.cat(drawn).index_select(0, rows)  # (B, d)
         return out.to(device=index.device, dtype=self.dtype)
 
