@@ -627,3 +627,210 @@ def test_public_api_is_importable_from_the_package_without_heavy_imports():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# No silent NaN: empty batches, singular factors, infinite log-variances, half precision,
+# validation under torch.compile / vmap (docs/errors.md, "The KL library at its edges")
+# ------------------------------------------------------------------------------------------
+
+
+def test_empty_batch_sums_to_zero_and_a_mean_over_it_is_an_error():
+    mu = torch.zeros(0, 3, requires_grad=True)
+    logvar = torch.zeros(0, 3, requires_grad=True)
+    # a sum over no samples is 0 (math.fsum([]) == 0.0), also with free bits and any β
+    for loss in (
+        GaussianKLLoss(reduction="sum"),
+        GaussianKLLoss(reduction="sum", free_bits=0.5, beta=2.0),
+    ):
+        out = loss(mu, logvar)
+        assert out.shape == ()
+        assert out.item() == math.fsum([]) == 0.0
+        out.backward()
+        assert mu.grad.shape == (0, 3)
+        assert loss.reduce(torch.zeros(0, 3)).item() == 0.0
+    assert GaussianKLLoss(reduction="none")(mu, logvar).shape == (0,)
+    assert gaussian_kl(mu, logvar).shape == (0,)
+    assert gaussian_kl_per_dim(mu, logvar).shape == (0, 3)
+    message = r"reduction='mean'\) got an empty batch \(shape \(0, 3\)\).*reduction='sum'"
+    for loss in (GaussianKLLoss(), GaussianKLLoss(free_bits=0.5)):
+        with pytest.raises(ValueError, match=message):
+            loss(mu, logvar)
+        with pytest.raises(ValueError, match=message):
+            loss.reduce(torch.zeros(0, 3))
+    # no latent dimensions: KL = a sum over no dimensions = 0 per sample (free bits included)
+    for loss in (GaussianKLLoss(), GaussianKLLoss(reduction="sum", free_bits=0.5)):
+        assert loss(torch.zeros(4, 0), torch.zeros(4, 0)).item() == 0.0
+    assert torch.equal(gaussian_kl(torch.zeros(4, 0), torch.zeros(4, 0)), torch.zeros(4))
+    # mvn_kl: an empty batch gives an empty result, with or without a prior
+    eye = torch.eye(2, dtype=F64)
+    assert mvn_kl(torch.zeros(0, 2, dtype=F64), eye.expand(0, 2, 2)).shape == (0,)
+    empty_with_prior = mvn_kl(torch.zeros(0, 2, dtype=F64), eye.expand(0, 2, 2), None, 2 * eye)
+    assert empty_with_prior.shape == (0,)
+
+
+def test_mvn_kl_rejects_a_zero_on_a_diagonal():
+    mu = torch.zeros(3, 2, dtype=F64)
+    tril = torch.eye(2, dtype=F64).repeat(3, 1, 1)
+    singular = tril.clone()
+    singular[2, 1, 1] = 0.0
+    with pytest.raises(
+        ValueError, match=r"scale_tril has a zero on its diagonal \(at batch index \(2,\), row 1\)"
+    ):
+        mvn_kl(mu, singular)
+    with pytest.raises(ValueError, match=r"prior_scale_tril has a zero on its diagonal \(row 0\)"):
+        mvn_kl(mu, tril, None, torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=F64))
+    # what validate=False lets through: +inf for a singular Σ (ln det Σ = −∞), NaN for a
+    # singular Σ₀ (∞ − ∞): the reason for the check
+    assert torch.isposinf(mvn_kl(mu, singular, validate=False)[2])
+    prior = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=F64)
+    assert torch.isnan(mvn_kl(mu, tril, None, prior, validate=False)).all()
+    # a small but nonzero diagonal is fine and accurate
+    small = torch.diag(torch.tensor([1e-3, 2.0], dtype=F64))
+    ref = kl_divergence(
+        MultivariateNormal(mu[0], scale_tril=small),
+        MultivariateNormal(torch.zeros(2, dtype=F64), scale_tril=torch.eye(2, dtype=F64)),
+    )
+    torch.testing.assert_close(mvn_kl(mu[0], small), ref, rtol=1e-12, atol=0)
+
+
+def test_infinite_logvar_gives_inf_not_nan_and_finite_values_keep_finite_gradients():
+    inf = math.inf
+    # float32: e^88.0 is finite, e^88.8 overflows (float32 max ≈ 3.40e38 = e^88.72)
+    logvar = torch.tensor([inf, -inf, 88.0, 88.8, 30.0, -30.0, 0.0], requires_grad=True)
+    mu = torch.zeros(7, requires_grad=True)
+    out = gaussian_kl_per_dim(mu, logvar)
+    out.sum().backward()
+    lv = [inf, -inf, 88.0, 88.8, 30.0, -30.0, 0.0]
+    # reference: ½ (e^lv − 1 − lv) in Python floats (math.exp overflows past 709, so 88.8 is fine)
+    ref = [inf, inf] + [0.5 * (math.expm1(v) - v) for v in lv[2:]]
+    assert not torch.isnan(out).any()
+    f32_max = torch.finfo(torch.float32).max
+    for got, want, v in zip(out.tolist(), ref, lv, strict=True):
+        if math.exp(min(v, 709.0)) < f32_max:  # e^lv fits in float32: the value is accurate
+            assert got == pytest.approx(want, rel=1e-6), v
+        else:  # ±inf, or e^lv overflows (at 88.8 even ½ e^lv ≈ 1.8e38 would still fit: documented)
+            assert got == inf, v
+    # d/dlogvar = ½ (e^lv − 1): +inf at +inf and where e^lv overflows, −½ at −inf, else finite
+    grad_ref = [0.5 * math.expm1(v) if v < 88.7 else inf for v in lv[1:]]
+    assert logvar.grad[0].item() == inf
+    for got, want, v in zip(logvar.grad[1:].tolist(), grad_ref, lv[1:], strict=True):
+        assert got == pytest.approx(want, rel=1e-6), v
+    assert torch.equal(mu.grad, torch.zeros(7))
+    # with a prior too, and through the loss; float64 has its own overflow point (e^709.78)
+    finite_prior = torch.tensor([0.5, 2.0])
+    assert torch.isposinf(gaussian_kl(torch.zeros(2), torch.tensor([inf, 0.0]), None, finite_prior))
+    assert torch.isposinf(GaussianKLLoss()(torch.zeros(1, 2), torch.tensor([[0.0, inf]])))
+    x64 = torch.tensor([709.0, 710.0, inf], dtype=F64)
+    out64 = gaussian_kl_per_dim(torch.zeros(3, dtype=F64), x64)
+    assert out64[0].item() == pytest.approx(0.5 * (math.exp(709.0) - 710.0), rel=1e-14)
+    assert torch.isposinf(out64[1:]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32_and_rounded_once(dtype):
+    finfo = torch.finfo(dtype)
+    gen = torch.Generator().manual_seed(50)
+    top = 11.7 if dtype == torch.float16 else 30.0  # fp16: ½ e^11.7 ≈ 60,250 < 65,504
+    logvar = torch.linspace(-30.0, top, 401).to(dtype)
+    mu = ((torch.rand(401, generator=gen) * 2 - 1) * (300 if dtype == torch.float16 else 1e3)).to(
+        dtype
+    )
+    prior_mu = torch.randn(401, generator=gen).to(dtype)
+    prior_logvar = (torch.rand(401, generator=gen) * 2).to(dtype)  # Δ stays below ~11.7 too
+    # float64 reference from the same (half-precision) inputs, by torch.distributions
+    m, lv, pm, plv = (t.double() for t in (mu, logvar, prior_mu, prior_logvar))
+    std_normal = Normal(torch.zeros_like(m), torch.ones_like(m))
+    ref = kl_divergence(Normal(m, torch.exp(0.5 * lv)), std_normal)
+    ref_prior = kl_divergence(Normal(m, torch.exp(0.5 * lv)), Normal(pm, torch.exp(0.5 * plv)))
+    for out, expected in (
+        (gaussian_kl_per_dim(mu, logvar), ref),
+        (gaussian_kl_per_dim(mu, logvar, prior_mu, prior_logvar), ref_prior),
+    ):
+        assert out.dtype == dtype
+        # one rounding to the half dtype: within one of its ulps (relative eps) wherever the
+        # exact KL fits in it, and +inf only where it does not (fp16: ½ μ² + ½ e^lv > 65,504)
+        fits, over = expected < finfo.max, expected > finfo.max * (1 + finfo.eps)
+        assert fits.sum() > 300
+        torch.testing.assert_close(out.double()[fits], expected[fits], rtol=finfo.eps, atol=0)
+        assert torch.isposinf(out[over]).all()
+    # sums and means in float32 before rounding: a (1, 401) batch's KL of ~1e7 nats fits in
+    # bf16, not in fp16, whose sum is then inf like the exact value
+    total = gaussian_kl(mu[None], logvar[None])
+    assert total.dtype == dtype
+    loss = GaussianKLLoss()(mu.view(401, 1), logvar.view(401, 1))
+    torch.testing.assert_close(loss.double(), ref.mean(), rtol=finfo.eps, atol=0)
+    if ref.sum() < finfo.max:
+        torch.testing.assert_close(total.double(), ref.sum()[None], rtol=finfo.eps, atol=0)
+    else:
+        assert torch.isposinf(total).all()
+    # the gradient: ½ (e^lv − 1) for logvar, μ for mu, rounded to the half dtype, finite
+    mu_g, lv_g = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
+    gaussian_kl_per_dim(mu_g, lv_g).sum().backward()
+    assert lv_g.grad.dtype == dtype
+    assert torch.isfinite(lv_g.grad).all()
+    torch.testing.assert_close(lv_g.grad.double(), 0.5 * torch.expm1(lv), rtol=finfo.eps, atol=0)
+    torch.testing.assert_close(mu_g.grad.double(), m, rtol=finfo.eps, atol=0)
+
+
+def test_float16_overflows_only_where_the_kl_exceeds_its_range():
+    # ½ (e^lv − 1 − lv) against N(0, 1): 11.1 → 33,…, 11.7 → 60,…; 11.8 → 66,… > 65,504
+    logvar = torch.tensor([11.0, 11.1, 11.5, 11.7, 11.8, 12.0], dtype=torch.float16)
+    out = gaussian_kl_per_dim(torch.zeros(6, dtype=torch.float16), logvar)
+    for got, v in zip(out.tolist(), logvar.tolist(), strict=True):
+        exact = 0.5 * (math.expm1(v) - v)
+        if exact < 65504:
+            assert got == pytest.approx(exact, rel=2**-10), v
+        else:
+            assert got == math.inf, v
+    assert torch.isfinite(out[:4]).all()  # before: inf from logvar ≥ 11.1 (e^11.1 > 65,504)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mvn_kl_half_precision_matches_float64(dtype):
+    gen = torch.Generator().manual_seed(51)
+    k = 3
+    mu, prior_mu = (torch.randn(2, 8, k, generator=gen) * 3).to(dtype)
+    tril, prior_tril = (random_spd_tril(gen, 8, k=k).to(dtype) for _ in range(2))
+    ref = kl_divergence(
+        MultivariateNormal(mu.double(), scale_tril=tril.double()),
+        MultivariateNormal(prior_mu.double(), scale_tril=prior_tril.double()),
+    )
+    out = mvn_kl(mu, tril, prior_mu, prior_tril)
+    assert out.dtype == dtype
+    # computed in float32 from the half inputs, rounded once; float32's solves add ~1e-6
+    torch.testing.assert_close(out.double(), ref, rtol=torch.finfo(dtype).eps, atol=1e-5)
+
+
+def test_validation_under_compile_fullgraph_and_vmap_says_to_pass_validate_false():
+    p = torch.tensor([[0.2, 0.8], [0.5, 0.5]])
+    q = torch.tensor([[0.4, 0.6], [0.3, 0.7]])
+    eager = discrete_kl(p, q)
+    hint = "validate=True checks the inputs' values on the host.*pass validate=False"
+    # backend="eager": Dynamo's tracing (where fullgraph applies) without Inductor's compile time
+    full = torch.compile(discrete_kl, fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match=hint):
+        full(p, q)
+    for fn in (discrete_kl, entropy, cross_entropy):
+        with pytest.raises(RuntimeError, match=hint):
+            torch.func.vmap(fn)(p, q) if fn is not entropy else torch.func.vmap(fn)(p)
+    with pytest.raises(RuntimeError, match=hint):
+        torch.func.vmap(mvn_kl)(torch.zeros(2, 2), torch.eye(2).expand(2, 2, 2))
+    # validate=False: compiles as one graph and vmaps, with the eager values
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda p, q: discrete_kl(p, q, validate=False), fullgraph=True, backend="eager"
+    )
+    torch.testing.assert_close(compiled(p, q), eager)
+    vmapped = torch.func.vmap(lambda p, q: discrete_kl(p, q, validate=False))
+    torch.testing.assert_close(vmapped(p, q), eager)
+    tril = random_spd_tril(torch.Generator().manual_seed(52), 2, k=2).float()
+    torch.testing.assert_close(
+        torch.func.vmap(lambda m, t: mvn_kl(m, t, validate=False))(p, tril), mvn_kl(p, tril)
+    )
+    # without fullgraph the check still runs (eagerly, at a graph break) and still catches
+    torch._dynamo.reset()
+    partial = torch.compile(discrete_kl, backend="eager")
+    torch.testing.assert_close(partial(p, q), eager)
+    with pytest.raises(ValueError, match="p does not sum to 1"):
+        partial(torch.tensor([[0.2, 0.9], [0.5, 0.5]]), q)

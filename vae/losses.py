@@ -11,7 +11,15 @@ Discrete (probability vectors along ``dim``; unit chosen by ``base``: e → nats
 * :func:`entropy`, :func:`cross_entropy`, :func:`discrete_kl`
 * :func:`smoothed`: ε-smoothing so that distributions with different supports get a finite KL.
 
-Every function keeps the device of its inputs and computes in their (promoted) floating dtype.
+Every function keeps the device of its inputs and returns their (promoted) floating dtype. The
+Gaussian functions compute float16 and bfloat16 inputs in float32 (:func:`_compute_dtypes`) and
+round the result once: float16 cannot hold e^{logvar} for logvar > 11.09. No silent NaN: an empty
+batch gives an empty result or a sum of 0 (a mean over no samples is a ``ValueError``),
+``logvar = ±inf`` gives +inf, and inputs that would give inf or NaN by accident (a Cholesky factor
+with a zero on its diagonal; with ``validate=True``, probabilities that are not a distribution)
+raise a ``ValueError``. The value checks read tensors on the host: inside
+``torch.compile(fullgraph=True)`` or ``torch.func.vmap`` pass ``validate=False`` (the error says
+so). NaN inputs give NaN.
 Conventions for zero probabilities follow Cover & Thomas, *Elements of Information Theory*
 (2nd ed., 2006), §2.3: 0 log(0/q) = 0 (also for q = 0) and p log(p/0) = +∞ for p > 0.
 """
@@ -46,7 +54,11 @@ _EXPM1MX_COEFFS_F32 = _EXPM1MX_COEFFS[:5]
 
 
 def _expm1mx(x: Tensor) -> Tensor:
-    """exp(x) − 1 − x ≥ 0 to within ~10 ulp relative wherever exp(x) is finite (also x → 0)."""
+    """exp(x) − 1 − x ≥ 0 to within ~10 ulp relative wherever exp(x) is finite (also x → 0).
+
+    +inf for x = ±inf and wherever e^x overflows the dtype; the gradient e^x − 1 is finite wherever
+    the value is (+inf at x = +inf, −1 at x = −inf).
+    """
     small = x.abs() < _EXPM1MX_SERIES_BELOW
     # Double `where`: the series only ever sees small arguments, so neither branch can produce
     # inf/nan that would leak into the gradient of the branch that is not selected.
@@ -56,7 +68,10 @@ def _expm1mx(x: Tensor) -> Tensor:
     for c in reversed(coeffs[:-2]):  # Horner: x² (1/2! + x (1/3! + x (… + x/n!)))
         series = series * xs + c
     series = series * xs * xs
-    return torch.where(small, series, torch.expm1(x) - x)
+    # expm1(x) − x is inf − inf = NaN at x = +inf. Capping the subtrahend at ln(max) + 1, beyond
+    # which expm1(x) is already inf in this dtype, changes no finite value and gives +inf there.
+    cap = math.log(torch.finfo(x.dtype).max) + 1.0
+    return torch.where(small, series, torch.expm1(x) - x.clamp(max=cap))
 
 
 def _check_float(name: str, t: Tensor) -> None:
@@ -64,6 +79,57 @@ def _check_float(name: str, t: Tensor) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtypes(*tensors: Tensor | None) -> tuple[torch.dtype, torch.dtype]:
+    """(result dtype, dtype to compute in) of the Gaussian functions for these inputs.
+
+    The result dtype is the inputs' promoted dtype; half precision (float16, bfloat16) is computed
+    in float32 and rounded once at the end, so float16 does not overflow in e^{logvar} (> 65504 for
+    logvar > 11.09) long before the KL itself does, and bfloat16 keeps float32's accuracy for
+    small Δ. For float32 and float64 both are the same and :func:`_as` returns the tensors
+    themselves: the float32 training path pays a few dtype comparisons, no copy and no kernel.
+    """
+    dtype = None
+    for t in tensors:
+        if t is not None:
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return dtype, (torch.float32 if dtype in _HALF_DTYPES else dtype)
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``; without a call into torch when it already is (``.to`` costs ~1.5 µs)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+_HOST_CHECK_HINT = (
+    "vae.losses: validate=True checks the inputs' values on the host, which {what} cannot do: "
+    "pass validate=False {where} (and check the inputs once outside it)"
+)
+
+
+def _any_on_host(flags: Tensor) -> bool:
+    """``bool(flags.any())``, the one host sync of a validation, with a useful error where none is
+    possible.
+
+    Under ``torch.compile`` this is a graph break whose message says to pass ``validate=False``
+    (``fullgraph=True`` refuses graph breaks and shows it); without ``fullgraph`` the check still
+    runs, eagerly. Under ``torch.func.vmap``, which cannot read values, a RuntimeError says the same.
+    """
+    if torch.compiler.is_compiling():
+        torch._dynamo.graph_break(  # torch._dynamo is imported whenever this branch is traced
+            msg=_HOST_CHECK_HINT.format(
+                what="torch.compile(fullgraph=True)", where="in compiled code"
+            )
+        )
+    try:
+        return bool(flags.any())
+    except RuntimeError as err:  # functorch: "data-dependent control flow" is not supported
+        hint = _HOST_CHECK_HINT.format(what="torch.func.vmap", where="inside the transform")
+        raise RuntimeError(hint) from err
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,6 +157,16 @@ def gaussian_kl_per_dim(
     and |mu| ≤ 1e3, gradients included: relative error ≤ 1e-6 against N(0, I) and ≤ 5e-6 with
     a prior, where rounding Δ itself costs up to |Δ|·2⁻²⁴ (the condition number of exp).
 
+    Extremes: ``logvar = ±inf`` (a posterior of infinite or zero variance) gives +inf, as do
+    inputs where e^Δ overflows (Δ > 88.72 in float32, > 709.78 in float64; so also within ln 2
+    below the point where the KL ½ e^Δ itself would overflow) or the KL exceeds the dtype's range;
+    the gradient is finite wherever the value is.
+    float16 / bfloat16 inputs are computed in float32 and the result rounded to their dtype once,
+    so float16 is within one float16 ulp of the exact value up to its range: inf only where the KL
+    itself exceeds 65504 (against N(0, I): logvar ≳ 11.8, or |mu| ≳ 362). An empty batch,
+    e.g. ``(0, d)``, gives an empty result. inf − inf at the same position of a posterior and a
+    prior argument (e.g. ``mu = prior_mu = inf``) is undefined and gives NaN.
+
     Args:
         mu: posterior means, shape (..., d).
         logvar: posterior log-variances ln σ² (natural log), shape broadcastable with ``mu``.
@@ -100,12 +176,22 @@ def gaussian_kl_per_dim(
 
     Returns:
         Tensor of shape ``broadcast(mu, logvar, prior_mu, prior_logvar)``: nothing is reduced.
-        Values in nats, ≥ 0.
+        Values in nats, ≥ 0, in the inputs' promoted dtype.
 
     Raises:
         TypeError: an argument is not a floating-point tensor.
         ValueError: the shapes do not broadcast, or an argument is 0-dimensional.
     """
+    kl, dtype = _gaussian_kl_per_dim(mu, logvar, prior_mu, prior_logvar)
+    return _as(kl, dtype)
+
+
+def _gaussian_kl_per_dim(
+    mu: Tensor, logvar: Tensor, prior_mu: Tensor | None, prior_logvar: Tensor | None
+) -> tuple[Tensor, torch.dtype]:
+    """:func:`gaussian_kl_per_dim` in the compute dtype (float32 for half inputs), and the dtype
+    to return, so that callers reducing it (:func:`gaussian_kl`, :class:`GaussianKLLoss`) sum
+    before rounding to half precision."""
     args = {"mu": mu, "logvar": logvar, "prior_mu": prior_mu, "prior_logvar": prior_logvar}
     given = {k: v for k, v in args.items() if v is not None}
     for name, t in given.items():
@@ -117,18 +203,22 @@ def gaussian_kl_per_dim(
     except RuntimeError as err:
         shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in given.items())
         raise ValueError(f"shapes do not broadcast: {shapes}") from err
+    dtype, compute = _compute_dtypes(mu, logvar, prior_mu, prior_logvar)
+    mu, logvar = _as(mu, compute), _as(logvar, compute)  # the same tensors unless half precision
 
     if prior_mu is None and prior_logvar is None:
         # Kingma & Welling (2013), "Auto-Encoding Variational Bayes", appendix B:
         # −KL = ½ Σ (1 + log σ² − μ² − σ²); here written as ½ (μ² + (e^{log σ²} − 1 − log σ²)).
-        return 0.5 * (mu.square() + _expm1mx(logvar))
+        return 0.5 * (mu.square() + _expm1mx(logvar)), dtype
 
     # General diagonal case, one dimension at a time (Rasmussen & Williams 2006, GPML, app. A.5):
     # KL = ½ [σ²/σ₀² − 1 − ln(σ²/σ₀²) + (μ − μ₀)²/σ₀²] with σ²/σ₀² = e^Δ, 1/σ₀² = e^{−ln σ₀²}.
-    diff = mu if prior_mu is None else mu - prior_mu
+    diff = mu if prior_mu is None else mu - _as(prior_mu, compute)
     if prior_logvar is None:
-        return 0.5 * (_expm1mx(logvar) + diff.square())
-    return 0.5 * (_expm1mx(logvar - prior_logvar) + diff.square() * torch.exp(-prior_logvar))
+        return 0.5 * (_expm1mx(logvar) + diff.square()), dtype
+    prior_logvar = _as(prior_logvar, compute)
+    kl = 0.5 * (_expm1mx(logvar - prior_logvar) + diff.square() * torch.exp(-prior_logvar))
+    return kl, dtype
 
 
 def gaussian_kl(
@@ -139,9 +229,11 @@ def gaussian_kl(
 ) -> Tensor:
     r"""KL(N(mu, diag e^{logvar}) ‖ N(prior_mu, diag e^{prior_logvar})) in nats.
 
-    The sum over the last (latent) dimension of :func:`gaussian_kl_per_dim`; with no prior it
-    is the VAE's closed form against N(0, I), ½ Σ_j (μ_j² + σ_j² − 1 − ln σ_j²)
-    (Kingma & Welling 2013, appendix B).
+    The sum over the last (latent) dimension of :func:`gaussian_kl_per_dim` (same extremes and
+    precision; half-precision inputs are summed in float32 before the result is rounded); with no
+    prior it is the VAE's closed form against N(0, I), ½ Σ_j (μ_j² + σ_j² − 1 − ln σ_j²)
+    (Kingma & Welling 2013, appendix B). An empty batch ``(0, d)`` gives shape ``(0,)``; ``d = 0``
+    gives 0 (a sum over no dimensions).
 
     Args:
         mu: posterior means, shape (..., d).
@@ -151,9 +243,10 @@ def gaussian_kl(
 
     Returns:
         Tensor of shape ``broadcast(...)[:-1]`` (the batch shape): the last dimension is summed.
-        Nats, ≥ 0.
+        Nats, ≥ 0, in the inputs' promoted dtype.
     """
-    return gaussian_kl_per_dim(mu, logvar, prior_mu, prior_logvar).sum(dim=-1)
+    kl, dtype = _gaussian_kl_per_dim(mu, logvar, prior_mu, prior_logvar)
+    return _as(kl.sum(dim=-1), dtype)
 
 
 def mvn_kl(
@@ -161,6 +254,8 @@ def mvn_kl(
     scale_tril: Tensor,
     prior_mu: Tensor | None = None,
     prior_scale_tril: Tensor | None = None,
+    *,
+    validate: bool = True,
 ) -> Tensor:
     r"""KL(N(mu, L Lᵀ) ‖ N(prior_mu, L₀ L₀ᵀ)) in nats, for full covariance matrices.
 
@@ -173,20 +268,27 @@ def mvn_kl(
     this is ½ (tr Σ + μᵀμ − k − ln det Σ).
 
     Only the lower triangles of the scale matrices are read (the strict upper triangle is
-    ignored, as in ``torch.linalg.solve_triangular``); their diagonals must be nonzero.
+    ignored, as in ``torch.linalg.solve_triangular``); their diagonals must be nonzero: a zero
+    makes Σ (or Σ₀) singular, where the KL is +inf or undefined (∞ − ∞), so it is rejected
+    rather than returned as inf/NaN. float16 / bfloat16 inputs are computed in float32 and the
+    result rounded to their dtype. An empty batch, e.g. mu ``(0, k)``, gives shape ``(0,)``.
 
     Args:
         mu: means, shape (..., k).
         scale_tril: lower-triangular Cholesky factors L of the covariance Σ = L Lᵀ, (..., k, k).
         prior_mu: prior means, (..., k), broadcastable; ``None`` means 0.
         prior_scale_tril: prior Cholesky factors, (..., k, k), broadcastable; ``None`` means I.
+        validate: check that the diagonals are nonzero (one host sync); pass False to skip it,
+            e.g. under ``torch.compile(fullgraph=True)`` or ``torch.func.vmap`` (keyword-only).
 
     Returns:
-        Tensor of the broadcast batch shape (everything but the event dimension k). Nats.
+        Tensor of the broadcast batch shape (everything but the event dimension k). Nats, in
+        the inputs' promoted dtype.
 
     Raises:
         TypeError: an argument is not a floating-point tensor.
-        ValueError: a scale matrix is not square k × k, or the batch shapes do not broadcast.
+        ValueError: a scale matrix is not square k × k, the batch shapes do not broadcast, or
+            (when ``validate``) a scale matrix has a zero on its diagonal.
     """
     _check_float("mu", mu)
     _check_float("scale_tril", scale_tril)
@@ -214,18 +316,20 @@ def mvn_kl(
             f"batch shapes do not broadcast: {[tuple(s) for s in batch_shapes]}"
         ) from err
 
-    given = [t for t in (mu, scale_tril, prior_mu, prior_scale_tril) if t is not None]
-    dtype = given[0].dtype
-    for t in given[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    L = scale_tril.to(dtype).tril()
-    diff = (mu if prior_mu is None else mu - prior_mu).to(dtype)
+    if validate:
+        for name, t in named.items():
+            _check_nonzero_diagonal(name, t)
+
+    dtype, compute = _compute_dtypes(mu, scale_tril, prior_mu, prior_scale_tril)
+    L = _as(scale_tril, compute).tril()
+    diff = _as(mu, compute) if prior_mu is None else _as(mu, compute) - _as(prior_mu, compute)
     # ln det Σ = ln det(L Lᵀ) = 2 Σ ln |L_ii|
     logdet = 2.0 * L.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
     if prior_scale_tril is None:
         # Prior N(μ₀, I) (μ₀ = 0 if None): ½ (tr Σ + ‖μ − μ₀‖² − k − ln det Σ), tr(L Lᵀ) = ‖L‖²_F.
-        return 0.5 * (L.square().sum((-2, -1)) + diff.square().sum(-1) - k - logdet)
-    L0 = prior_scale_tril.to(dtype).tril()
+        kl = 0.5 * (L.square().sum((-2, -1)) + diff.square().sum(-1) - k - logdet)
+        return _as(kl, dtype)
+    L0 = _as(prior_scale_tril, compute).tril()
     L0b = L0.expand(*batch, k, k)
     # tr(Σ₀⁻¹Σ) = tr(L₀⁻ᵀ L₀⁻¹ L Lᵀ) = ‖L₀⁻¹ L‖²_F, with M = L₀⁻¹L from a triangular solve.
     M = torch.linalg.solve_triangular(L0b, L.expand(*batch, k, k), upper=False)
@@ -235,7 +339,22 @@ def mvn_kl(
     maha = v.squeeze(-1).square().sum(-1)
     prior_logdet = 2.0 * L0.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
     # Rasmussen & Williams (2006), GPML, appendix A.5 (KL between two multivariate Gaussians).
-    return 0.5 * (trace + maha - k + prior_logdet - logdet)
+    return _as(0.5 * (trace + maha - k + prior_logdet - logdet), dtype)
+
+
+def _check_nonzero_diagonal(name: str, tril: Tensor) -> None:
+    """ValueError naming the first batch index whose Cholesky factor has a zero on its diagonal."""
+    zero = tril.diagonal(dim1=-2, dim2=-1) == 0  # (..., k)
+    if not _any_on_host(zero):
+        return
+    where = tuple(zero.nonzero()[0].tolist())
+    batch, row = where[:-1], where[-1]
+    at = f"at batch index {batch}, " if batch else ""
+    raise ValueError(
+        f"{name} has a zero on its diagonal ({at}row {row}): the covariance L Lᵀ is singular, "
+        "so the KL is infinite or undefined; pass Cholesky factors with a nonzero diagonal "
+        "(e.g. torch.linalg.cholesky of a positive-definite matrix)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,6 +382,11 @@ class GaussianKLLoss(nn.Module):
     encoder is not pushed to use less than λ nats in it. Because the clamp is applied to batch
     means, per-sample values do not exist, so ``reduction='none'`` with ``free_bits > 0`` is
     rejected with a ValueError. With ``free_bits=0`` the result is exactly the plain KL.
+
+    **Empty batch** (``(0, d)``, N = 0): 'sum' gives 0 (a sum over no samples, also with free
+    bits), 'none' an empty tensor, and 'mean' raises a ValueError, since a mean over no samples
+    is undefined (it would be 0/0 = NaN). float16 / bfloat16 inputs are computed and reduced in
+    float32 and the result is rounded to their dtype (see :func:`gaussian_kl_per_dim`).
 
     ``beta`` and ``free_bits`` are validated properties and may be changed between steps
     (e.g. for KL annealing).
@@ -311,17 +435,34 @@ class GaussianKLLoss(nn.Module):
         self._free_bits = value
 
     def forward(self, mu: Tensor, logvar: Tensor) -> Tensor:
-        return self.reduce(gaussian_kl_per_dim(mu, logvar))
+        per_dim, dtype = _gaussian_kl_per_dim(mu, logvar, None, None)  # float32 for half inputs
+        return _as(self._reduce(per_dim), dtype)
 
     def reduce(self, per_dim: Tensor) -> Tensor:
         """β, free bits and the reduction applied to an already computed per-dimension KL.
 
         ``per_dim`` ``(..., d)``, e.g. from :func:`gaussian_kl_per_dim`: ``forward(mu, logvar)`` is
         ``reduce(gaussian_kl_per_dim(mu, logvar))``, for callers that need the per-dimension KL
-        anyway (logging it, say) and should not compute it twice.
+        anyway (logging it, say) and should not compute it twice. Returned in ``per_dim``'s dtype;
+        half precision is reduced in float32.
         """
+        _check_float("per_dim", per_dim)
+        if per_dim.dim() == 0:
+            raise ValueError("per_dim must have shape (..., d), got a scalar")
+        dtype, compute = _compute_dtypes(per_dim)
+        return _as(self._reduce(_as(per_dim, compute)), dtype)
+
+    def _reduce(self, per_dim: Tensor) -> Tensor:
+        n = math.prod(per_dim.shape[:-1])  # samples in the batch (static: no host sync)
+        if n == 0 and self._reduction == "mean":
+            raise ValueError(
+                f"GaussianKLLoss(reduction='mean') got an empty batch (shape "
+                f"{tuple(per_dim.shape)}): a mean over no samples is undefined; skip the empty "
+                "batch or use reduction='sum', which gives 0"
+            )
         if self._free_bits > 0:
-            n = per_dim.numel() // per_dim.shape[-1]  # samples in the batch
+            if n == 0:  # 'sum': N · Σ_j max(λ, K_j) = 0 for N = 0, not 0 · NaN (an empty mean)
+                return self._beta * per_dim.sum()  # 0, still attached to the graph
             dim_means = per_dim.reshape(n, per_dim.shape[-1]).mean(0)  # K_j, shape (d,)
             # Kingma et al. (2016), appendix C.8: Σ_j max(λ, E_batch[KL_j])
             kl = dim_means.clamp(min=self._free_bits).sum()
@@ -386,7 +527,7 @@ def _validate_pmf(name: str, p: Tensor, dim: int) -> None:
     # One reduction over p plus one over the (much smaller) sums, one host sync. A NaN or ±inf
     # anywhere makes its row sum non-finite, which fails the |Σp − 1| ≤ tol comparison.
     bad = ~((sums - 1).abs() <= tol) | (p.amin(dim) < 0)
-    if not bool(bad.any()):
+    if not _any_on_host(bad):  # a clear error under torch.compile(fullgraph=True) / vmap
         return
     # Slow path, only on failure: say what is wrong.
     if torch.isnan(p).any():
@@ -427,7 +568,10 @@ def entropy(p: Tensor, *, base: float = math.e, dim: int = -1, validate: bool = 
             b ≠ 1 (keyword-only).
         dim: dimension of the outcomes, reduced (keyword-only).
         validate: check that p holds probability vectors (no NaN/inf, no negatives,
-            |Σp − 1| ≤ √eps of the dtype); pass False to skip the check in hot loops.
+            |Σp − 1| ≤ √eps of the dtype): one host sync. Pass False to skip the check in hot
+            loops and inside ``torch.compile(fullgraph=True)`` or ``torch.func.vmap``, which
+            cannot read values on the host (with True they raise an error that says so; plain
+            ``torch.compile`` runs the check eagerly, at a graph break).
 
     Returns:
         Tensor of p's shape without ``dim``, in units of log base b; ≥ 0.

@@ -39,6 +39,7 @@ __all__ = ["NETWORK_KEYS", "NonFiniteLossError", "VAEModule"]
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 EVAL_NOISE_BLOCK = 4096
+IW_NOISE_BLOCK = 256  # image positions per seeded draw of the importance-sampling noise
 TRAIN_TERMS = ("loss", "recon", "kl", "objective")
 
 
@@ -388,7 +389,9 @@ class VAEModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         x = batch[0]
         self._eval_step(batch, "test")
-        self.eval_means["test_nll_iw"].update(self.iw_nll(x, n_samples=self.iw_samples))
+        index = batch[2] if len(batch) > 2 else None  # (images, labels, indices)
+        nll_iw = self.iw_nll(x, n_samples=self.iw_samples, index=index)
+        self.eval_means["test_nll_iw"].update(nll_iw)
 
     def on_test_epoch_end(self) -> None:
         self._log_eval_epoch("test")
@@ -417,14 +420,56 @@ class VAEModule(L.LightningModule):
             out[chosen] = self._noise_blocks[key][idx[chosen] % EVAL_NOISE_BLOCK]
         return out.to(device=index.device, dtype=self.dtype)
 
+    def iw_noise(self, index: Tensor, *, start: int, stop: int) -> Tensor:
+        """ε ~ N(0, I) for importance samples ``start ≤ k < stop`` of the test images at positions
+        ``index`` ``(B,)``: ``(stop − start, B, latent_dim)``.
+
+        Sample k of the image at position i is row ``i % IW_NOISE_BLOCK`` of a
+        ``(IW_NOISE_BLOCK, latent_dim)`` draw from a CPU generator seeded with
+        (``eval.seed``, ``"test_iw"``, ``i // IW_NOISE_BLOCK``, k): a function of (seed, position,
+        k) only, so ``test/nll_iw`` does not depend on the batch size, ``eval.iw_chunk``, the
+        number of DDP processes or what ran before. Nothing is cached (a cache would hold
+        K · N · d numbers), and the Python loop runs over samples × blocks, not images: one draw
+        per sample for each block of :data:`IW_NOISE_BLOCK` positions the batch touches (0.04 s
+        for 10,000 images × K = 100 with d = 2, 0.11 s with d = 20, on 2 CPU cores).
+        """
+        idx = index.cpu()
+        blocks, inverse = torch.div(idx, IW_NOISE_BLOCK, rounding_mode="floor").unique(
+            return_inverse=True
+        )
+        # row of each image in the blocks' draws stacked, (n_blocks · IW_NOISE_BLOCK, d)
+        rows = inverse * IW_NOISE_BLOCK + idx % IW_NOISE_BLOCK  # (B,)
+        out = torch.empty(stop - start, len(idx), self.latent_dim)
+        for k in range(start, stop):
+            drawn = [
+                torch.randn(
+                    IW_NOISE_BLOCK,
+                    self.latent_dim,
+                    generator=torch.Generator().manual_seed(
+                        _derive_seed(self.eval_seed, "test_iw", block, k)
+                    ),
+                )
+                for block in blocks.tolist()
+            ]
+            # index_select takes ~6 µs; drawn[block, row] indexing took 10 µs to 7 ms on a busy CPU
+            out[k - start] = torch.cat(drawn).index_select(0, rows)  # (B, d)
+        return out.to(device=index.device, dtype=self.dtype)
+
     @torch.no_grad()
-    def iw_nll(self, x: Tensor, *, n_samples: int, chunk: int | None = None) -> Tensor:
+    def iw_nll(
+        self, x: Tensor, *, n_samples: int, chunk: int | None = None, index: Tensor | None = None
+    ) -> Tensor:
         """−log p̂_K(x), the importance-weighted bound (Burda et al. 2015, eq. 8), nats per image.
 
         log p̂_K(x) = logsumexp_k [log p(x | z_k) + log p(z_k) − log q(z_k | x)] − log K, z_k ~ q(z | x).
         Images ``(B, C, H, W)`` → ``(B,)``. Samples are decoded ``chunk`` at a time (default
         ``eval.iw_chunk``), so memory is O(chunk · B · pixels) whatever K is; the running logsumexp
         over chunks is exact. With K = 1 this is an unbiased single-sample estimate of −ELBO.
+
+        ``index`` ``(B,)``, the images' positions in the test split (the batch's third element),
+        makes the noise a function of (``eval.seed``, position, sample k) (:meth:`iw_noise`), so
+        the value is the same for any batch size, chunk size or number of processes; without
+        it the samples come from the global RNG.
         """
         chunk = chunk or self.iw_chunk
         mu, logvar = self.vae.encode(x)  # (B, d)
@@ -433,7 +478,8 @@ class VAEModule(L.LightningModule):
         running = torch.full_like(mu[:, 0], -math.inf)  # running logsumexp, (B,)
         for start in range(0, n_samples, chunk):
             k = min(chunk, n_samples - start)
-            z = self.vae.reparameterize(mu, logvar, n_samples=k)  # (k, B, d)
+            eps = None if index is None else self.iw_noise(index, start=start, stop=start + k)
+            z = self.vae.reparameterize(mu, logvar, n_samples=k, eps=eps)  # (k, B, d)
             out = self.vae.decode(z.flatten(0, 1))  # (k·B, C, H, W)
             x_rep = x.expand(k, *x.shape).flatten(0, 1)  # (k·B, C, H, W), a view
             log_px_z = -self.vae.likelihood.nll(out, x_rep).unflatten(0, (k, -1))  # (k, B)
