@@ -446,7 +446,7 @@ class VAEModule(L.LightningModule):
                     IW_NOISE_BLOCK,
                     self.latent_dim,
                     generator=torch.Generator().manual_seed(
-                        _derive_seed(self.eval_seed, "test_iw", block, k)
+                        derive_seed(self.eval_seed, "test_iw", block, k)
                     ),
                 )
                 for block in blocks.tolist()
