@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae.checkpointing import AtomicCheckpointIO, check_resumable
 from vae.config import ConfigError, UserError, validate_config
+from vae.environment import collect_environment, environment_markdown
 from vae.module import VAEModule
 
 
@@ -163,11 +164,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "fit_seconds": round(fit_seconds, 2),
             "test_seconds": test_seconds,
             "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
+            "environment": collect_environment(
+                device=trainer.strategy.root_device, precision=str(trainer.precision)
+            ),
         }
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         for logger in trainer.loggers:
             flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
             logger.log_hyperparams(flat, metrics={f"hparams/{k}": v for k, v in metrics.items()})
+            if hasattr(logger.experiment, "add_text"):  # TensorBoard's text tab
+                logger.experiment.add_text(
+                    "environment", environment_markdown(summary["environment"])
+                )
             logger.finalize("success")
         print(f"Run directory: {output_dir.resolve()}")
     return metrics
