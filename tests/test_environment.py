@@ -97,7 +97,8 @@ def test_git_state_of_a_fresh_repository_follows_commits_and_edits(tmp_path: Pat
     clean = git_state(tmp_path)
     assert clean["commit"] == head
     assert clean["dirty"] is False
-    assert len(clean["describe"]) >= 7 and head.startswith(clean["describe"])  # no tags: a hash
+    assert len(clean["describe"]) >= 7  # no tags: an abbreviated hash
+    assert head.startswith(clean["describe"])
     (tmp_path / "a.txt").write_text("two\n")  # a tracked file changed: dirty
     assert git_state(tmp_path) == {
         "commit": head,
