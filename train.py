@@ -7,12 +7,12 @@ imported inside ``main``, so ``python train.py --help`` answers without loading 
 import sys
 
 #: modules of the ``train`` extra (``pip install -e '.[train]'``); a missing one is a user error
-TRAIN_EXTRA = {"hydra", "omegaconf", "lightning", "torchvision", "tensorboard", "matplotlib", "numpy"}
+EXTRA = {"hydra", "omegaconf", "lightning", "torchvision", "tensorboard", "matplotlib", "numpy"}
 
 
 def _missing_extra(err: ModuleNotFoundError) -> None:
     """One line and exit 2 when ``err`` is a module of the train extra; re-raise anything else."""
-    if (err.name or "").split(".")[0] not in TRAIN_EXTRA:
+    if (err.name or "").split(".")[0] not in EXTRA:
         raise err
     print(
         f"error: train.py needs the training extra ({err.name!r} is not installed): "
