@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -58,13 +57,15 @@ def _closure(name: str) -> list[importlib.metadata.Distribution]:
 
 def _link_distributions(dists: list[importlib.metadata.Distribution], site: Path) -> list[str]:
     """Symlink the top-level files and folders of ``dists`` into ``site``; their names."""
-    here = Path(sysconfig.get_paths()["purelib"])
-    names = {
-        f.parts[0] for d in dists for f in d.files or [] if f.parts[0] not in ("..", "__pycache__")
+    tops = {
+        f.parts[0]: Path(d.locate_file(f.parts[0]))
+        for d in dists
+        for f in d.files or []
+        if f.parts[0] not in ("..", "__pycache__")
     }
-    for name in sorted(names):
-        (site / name).symlink_to(here / name)
-    return sorted(names)
+    for name, target in sorted(tops.items()):
+        (site / name).symlink_to(target)
+    return sorted(tops)
 
 
 def _clean_env() -> dict[str, str]:
