@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae.checkpointing import AtomicCheckpointIO, check_resumable
 from vae.config import validate_config
+from vae.environment import collect_environment, environment_markdown
 from vae.errors import ConfigError, RunInterrupted, UserError
 from vae.module import VAEModule
 from vae.preemption import Preemption
@@ -267,11 +268,18 @@ def _fit_and_test(
             "fit_seconds": round(fit_seconds, 2),
             "test_seconds": test_seconds,
             "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
+            "environment": collect_environment(
+                device=trainer.strategy.root_device, precision=str(trainer.precision)
+            ),
         }
         _write_metrics(output_dir / "metrics.json", summary, resumed_from=ckpt_path)
         for logger in trainer.loggers:  # the logger flattens the nested config itself
             hparams = OmegaConf.to_container(cfg, resolve=True)
             logger.log_hyperparams(hparams, metrics={f"hparams/{k}": v for k, v in metrics.items()})
+            if hasattr(logger.experiment, "add_text"):  # TensorBoard's text tab
+                logger.experiment.add_text(
+                    "environment", environment_markdown(summary["environment"])
+                )
             logger.finalize("success")
         print(f"Run directory: {output_dir.resolve()}")
     return metrics
