@@ -15,9 +15,12 @@ synthetic IDX files with their checksums patched in.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import io
+import json
+import logging
 import os
 import re
 import runpy
@@ -40,9 +43,10 @@ from omegaconf import DictConfig, OmegaConf
 from vae import data
 from vae.checkpointing import check_resumable
 from vae.config import ConfigError
+from vae.hparams import ModelConfig
 from vae.losses import discrete_kl
 from vae.module import VAEModule
-from vae.training import build_module, run_cli
+from vae.training import build_module, run_cli, train
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER_OPTIONS = sorted(p.stem for p in (REPO / "configs" / "trainer").glob("*.yaml"))
@@ -681,3 +685,192 @@ def test_cli_unwritable_log_dir_is_one_line(
     assert lines[0].startswith("error: ")
     assert str(blocker) in lines[0]
     assert "log_dir" in lines[0] or "hydra.run.dir" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# no key silently ignored or changed: checked by the Hydra callback before any directory exists
+
+
+def _train_py(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str]:
+    """``python train.py <argv>`` in-process (runpy): its exit status and stderr."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    capsys.readouterr()
+    # Hydra points the loggers' handlers at this test's captured stderr: put them back after
+    loggers = [logging.getLogger(), logging.getLogger("hydra")]
+    saved = [(lg.handlers[:], lg.level) for lg in loggers]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+    finally:
+        GlobalHydra.instance().clear()
+        for lg, (handlers, level) in zip(loggers, saved, strict=True):
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+    return exc.value.code, capsys.readouterr().err
+
+
+MODEL_KEYS = ", ".join(sorted(f.name for f in dataclasses.fields(ModelConfig)))
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        (
+            "+model.latnet_dim=3",
+            "error: model.latnet_dim: no such key; did you mean model.latent_dim? the model keys "
+            f"are {MODEL_KEYS}",
+        ),
+        (
+            "+trainer.max_epoch=3",
+            "error: trainer.max_epoch: no such key; did you mean trainer.max_epochs? the trainer "
+            "keys are ",
+        ),
+        (
+            "+callbacks.visualize.gridsize=3",
+            "error: callbacks.visualize.gridsize: no such key; did you mean "
+            "callbacks.visualize.grid_size? ",
+        ),
+        ("+sede=1", "error: sede: no such key; did you mean seed? the top-level keys are "),
+        ("paths.log_dir=", "error: paths.log_dir='': expected a non-empty path"),
+        (
+            "trainer.gradient_clip_val=-1",
+            "error: trainer.gradient_clip_val=-1: expected null or a finite number ≥ 0",
+        ),
+        (
+            "trainer.limit_train_batches=0",
+            "error: trainer.limit_train_batches=0: expected null (all), an integer ≥ 1 (batches) "
+            "or a fraction in (0, 1]",
+        ),
+        (
+            "callbacks.visualize.grid_size=0",
+            "error: callbacks.visualize.grid_size=0: expected an integer ≥ 1",
+        ),
+        (
+            "ckpt_path=''",
+            "error: ckpt_path='': expected null (a new run), last (the run directory's "
+            "checkpoints/last.ckpt) or a checkpoint's path",
+        ),
+        (
+            "trainer.precision=16",
+            "error: trainer.precision=16: expected one of 64-true, 32-true, 16-mixed, bf16-mixed, "
+            "16-true, bf16-true, transformer-engine",
+        ),
+    ],
+)
+def test_a_key_that_would_be_ignored_or_changed_is_refused_before_any_directory(
+    override: str, line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    code, err = _train_py([override, f"hydra.run.dir={run_dir}"], monkeypatch, capsys)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.splitlines()[0].startswith(line), err
+    assert not run_dir.exists()  # no stub run directory
+
+
+def test_a_sweep_with_one_bad_job_starts_none(tmp_path: Path) -> None:
+    argv = ["-m", "model.latent_dim=2,0", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/m"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    done = subprocess.run(
+        [sys.executable, "train.py", *argv], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "error: sweep job 1 of 2 (model.latent_dim=0 trainer.max_epochs=1), so no job was "
+        "started: model.latent_dim=0: expected an integer ≥ 1"
+    )
+    assert "Traceback" not in done.stderr
+    assert not list((tmp_path / "m").glob("*/config.yaml"))  # no job ran
+
+
+def test_fp16_on_cpu_is_refused_not_swapped(tmp_path: Path, capsys) -> None:
+    cfg = tiny("trainer.precision=16-mixed", output_dir=tmp_path / "run")
+    line = error_line(cfg, capsys)
+    assert line == (
+        "error: trainer.precision='16-mixed' is not supported on cpu (Lightning would run "
+        "bf16-mixed and the run's config would say 16-mixed); choose bf16-mixed or 32-true"
+    )
+
+
+def test_the_run_dir_error_names_hydra_run_dir_when_that_was_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file\n")
+    code, err = _train_py([f"hydra.run.dir={blocker}/run"], monkeypatch, capsys)
+    assert code == 2
+    assert err.splitlines() == [
+        f"error: hydra.run.dir='{blocker}/run': cannot create the run directory there "
+        f"({blocker} is not a directory); choose another location with hydra.run.dir=<dir>"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# a resume that would change the experiment says so
+
+
+def test_resume_with_another_split_is_refused(first_run: Path, tmp_path: Path, capsys) -> None:
+    last = first_run / "checkpoints" / "last.ckpt"
+    cfg = tiny(f"+ckpt_path={last}", "data.val_size=4000", output_dir=tmp_path / "run")
+    assert error_line(cfg, capsys) == (
+        f"error: ckpt_path={str(last)!r} was trained with data.val_size=5000 but the config "
+        "says data.val_size=4000: a different split would put images the model trained on into "
+        "validation; resume with the same seed and data settings (the run's config.yaml has "
+        "them), or start a new run"
+    )
+    cfg = tiny(f"+ckpt_path={last}", "seed=3", output_dir=tmp_path / "run")
+    assert (
+        "was trained with data.seed=0 but the config says data.seed=3 (data.seed follows seed)"
+        in (error_line(cfg, capsys))
+    )
+
+
+def test_resume_with_more_epochs_under_a_cosine_schedule_is_refused(
+    first_run: Path, tmp_path: Path, capsys
+) -> None:
+    last = first_run / "checkpoints" / "last.ckpt"
+    t_max = torch.load(last, map_location="cpu", weights_only=True)["lr_schedulers"][0]["T_max"]
+    assert t_max == 8  # 1 epoch × 8 batches
+    cfg = tiny(f"+ckpt_path={last}", "trainer.max_epochs=3", output_dir=tmp_path / "run")
+    assert error_line(cfg, capsys) == (
+        "error: trainer.max_epochs=3 plans 24 steps, but the checkpoint's cosine schedule ends "
+        "at step 8 (the run it continues planned that many): the learning rate would reach 0 "
+        "and climb back. Resume with that run's trainer.max_epochs and data.batch_size (its "
+        "config.yaml has them), or start a new run"
+    )
+
+
+def test_a_run_stopped_by_max_time_trains_again_when_resumed(tmp_path: Path) -> None:
+    """``trainer.max_time`` budgets each invocation (the stopped run's Timer is not restored)."""
+    run_dir = tmp_path / "run"
+    slow = ("+callbacks.slow._target_=test_reliability.Sleep", "+callbacks.slow.seconds=0.5")
+    budget = ("trainer.max_time=00:00:00:02", "trainer.max_epochs=3", "optim.scheduler=none")
+    train(compose_config([*TINY, *budget, *slow, "test=false"], output_dir=run_dir))
+    first = json.loads((run_dir / "metrics.json").read_text())["global_step"]
+    assert 0 < first < 24  # stopped by the clock
+    last = run_dir / "checkpoints" / "last.ckpt"
+    train(
+        compose_config(
+            [*TINY, *budget, *slow, "test=false", f"ckpt_path={last}"], output_dir=run_dir
+        )
+    )
+    assert json.loads((run_dir / "metrics.json").read_text())["global_step"] > first
+
+
+def test_a_resume_with_nothing_left_keeps_the_earlier_metrics(
+    first_run: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(first_run, run_dir)
+    earlier = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert any(k.startswith("val/") for k in earlier)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_cli(tiny(f"+ckpt_path={last}", "~callbacks.visualize", output_dir=run_dir))
+    merged = json.loads((run_dir / "metrics.json").read_text())
+    assert {k: merged["metrics"][k] for k in earlier if k.startswith("val/")} == {
+        k: v for k, v in earlier.items() if k.startswith("val/")
+    }
+    assert "test/loss" in merged["metrics"]
+    assert merged["resumed_from"] == str(last)

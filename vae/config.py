@@ -1,43 +1,150 @@
-"""Checks on the composed Hydra config, run before anything is built or trained.
+"""Checks on the composed Hydra config, run before anything is built, created or trained.
 
-Each problem raises :class:`~vae.errors.ConfigError` with one line naming the key, the value and
-what is allowed, e.g. ``model.latent_dim=0: expected an integer ≥ 1``. Every key has one rule,
+Every problem raises :class:`~vae.errors.ConfigError` with one line naming the key, the value and
+what is allowed, e.g. ``model.latent_dim=0: expected an integer ≥ 1``. Each key has one rule,
 declared beside what it configures: the ``model`` / ``optim`` / ``eval`` fields in
-:mod:`vae.hparams`, the ``data`` keys in :data:`vae.data.DATA_RULES` (checked when the data module
-is built, right after this), the few top-level and ``trainer`` keys below. docs/errors.md lists
-what the user sees.
+:mod:`vae.hparams`, the ``data`` keys in :data:`vae.data.DATA_RULES` (the data module applies the
+same rules when it is built), the figure options in :class:`vae.visualize.FigureOptions`, the few
+top-level, ``paths`` and ``trainer`` keys below. A key that does not exist (``+model.latnet_dim=3``)
+is refused with the closest valid name: the keys of a section are its dataclass's fields, or the
+arguments of the class its ``_target_`` names. ``vae.training.CheckRunDir`` runs these checks before
+Hydra creates the run directory, for every job of a sweep before the first one starts.
+docs/errors.md lists what the user sees.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
+from collections.abc import Iterable
+from typing import Any
+
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from vae import hparams
+from vae.data import DATA_RULES
 from vae.errors import ConfigError, UserError
-from vae.rules import Rule, boolean, check, int_at_least, one_of
+from vae.rules import (
+    Rule,
+    batch_limit,
+    boolean,
+    check,
+    int_at_least,
+    number_at_least,
+    one_of,
+    optional,
+    path,
+)
+from vae.visualize import FigureOptions
 
 __all__ = ["RULES", "ConfigError", "UserError", "validate_config"]
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISIONS = (
+    "64-true",
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "transformer-engine",
+)
+#: the top-level keys of configs/train.yaml (``hydra`` is Hydra's own)
+TOP_LEVEL = (
+    "task_name", "seed", "ckpt_path", "test", "compile", "optim", "eval", "data", "model",
+    "trainer", "callbacks", "logger", "paths", "hydra",
+)  # fmt: skip
 
-#: key → rule for the keys outside model / optim / eval / data; absent keys are skipped
+_CKPT_PATH: Rule = (
+    lambda v: v is None or (isinstance(v, str) and bool(v)),
+    "null (a new run), last (the run directory's checkpoints/last.ckpt) or a checkpoint's path",
+)
+
+#: key → rule; absent keys are skipped
 RULES: dict[str, Rule] = {
     "seed": int_at_least(0),
     "test": boolean(),
     "compile": boolean(),
+    "ckpt_path": _CKPT_PATH,
+    "paths.log_dir": path(),
     **hparams.rules("model"),
     **hparams.rules("optim"),
     **hparams.rules("eval"),
+    **{f"data.{key}": rule for key, rule in DATA_RULES.items()},
+    **{
+        f"callbacks.visualize.{f.name}": f.metadata["rule"]
+        for f in dataclasses.fields(FigureOptions)
+    },
+    "callbacks.visualize.every_n_epochs": int_at_least(0),
+    "callbacks.visualize.projector_points": optional(int_at_least(1)),
     "trainer.max_epochs": int_at_least(1),
     "trainer.accelerator": one_of(ACCELERATORS),
+    "trainer.precision": one_of(PRECISIONS),
+    "trainer.gradient_clip_val": optional(number_at_least(0)),
+    "trainer.limit_train_batches": batch_limit(allow_zero=False),
+    "trainer.limit_val_batches": batch_limit(allow_zero=True),
+    "trainer.limit_test_batches": batch_limit(allow_zero=False),
 }
 
 _MISSING = object()
 
 
+def _select(cfg: DictConfig, key: str) -> Any:
+    """The value at ``key``, or ``_MISSING`` if absent or not resolvable yet (``${hydra:...}``
+    before Hydra's run directory exists)."""
+    try:
+        return OmegaConf.select(cfg, key, default=_MISSING)
+    except OmegaConfBaseException:
+        return _MISSING
+
+
+def _refuse_unknown(section: str, keys: Iterable[str], known: Iterable[str]) -> None:
+    known = sorted(set(known))
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            hint = f"did you mean {section}{close[0]}? " if close else ""
+            where = f"the {section.rstrip('.')} keys" if section else "the top-level keys"
+            raise ConfigError(f"{section}{key}: no such key; {hint}{where} are {', '.join(known)}")
+
+
+def _arguments(target: str) -> set[str] | None:
+    """The keyword arguments the class ``target`` takes (None: it takes any, or is not found)."""
+    try:
+        params = inspect.signature(get_class(target).__init__).parameters.values()
+    except Exception:  # hydra reports a target it cannot import itself
+        return None
+    names = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
+    if target.endswith(".LatentVisualizer"):  # its **figure_options are FigureOptions' fields
+        return names | {f.name for f in dataclasses.fields(FigureOptions)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
+    return None if takes_any else names
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    _refuse_unknown("", cfg.keys(), TOP_LEVEL)
+    for section, cls in hparams.SECTIONS.items():
+        if isinstance(cfg.get(section), DictConfig):
+            known = [f.name for f in dataclasses.fields(cls)]
+            _refuse_unknown(f"{section}.", cfg[section].keys(), known)
+    nodes = [("data.", cfg.get("data")), ("trainer.", cfg.get("trainer"))]
+    for group in ("callbacks", "logger"):
+        if isinstance(cfg.get(group), DictConfig):
+            nodes += [(f"{group}.{name}.", node) for name, node in cfg[group].items()]
+    for section, node in nodes:
+        if isinstance(node, DictConfig) and "_target_" in node:
+            known = _arguments(str(node._target_))
+            if known is not None:
+                _refuse_unknown(section, [k for k in node if k != "_target_"], known)
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first key whose value is not allowed."""
+    """Raise :class:`ConfigError` for the first unknown key or value that is not allowed."""
+    _check_keys(cfg)
     for key, rule in RULES.items():
-        value = OmegaConf.select(cfg, key, default=_MISSING)
+        value = _select(cfg, key)
         if value is not _MISSING:
             check(key, value, rule)

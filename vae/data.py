@@ -711,8 +711,8 @@ class MNISTDataModule(L.LightningDataModule):
 
     def _batches_trained(self) -> int:
         """Training batches completed in the current epoch (what a mid-epoch checkpoint records)."""
-        trainer = self.trainer
-        return trainer.fit_loop.epoch_loop.batch_progress.current.completed if trainer else 0
+        loop = getattr(self.trainer, "fit_loop", None)  # None: no Trainer (the loader on its own)
+        return loop.epoch_loop.batch_progress.current.completed if loop is not None else 0
 
     @staticmethod
     def _require(ds: IndexedTensorDataset | None, split: str) -> IndexedTensorDataset:

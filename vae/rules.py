@@ -81,3 +81,22 @@ def check(key: str, value: Any, rule: Rule) -> Any:
     if not ok(value):
         raise ConfigError(f"{key}={plain(value)!r}: expected {allowed}")
     return value
+
+
+def optional(rule: Rule) -> Rule:
+    """``rule``, or ``null``."""
+    ok, allowed = rule
+    return (lambda v: v is None or ok(v)), f"null or {allowed}"
+
+
+def batch_limit(*, allow_zero: bool) -> Rule:
+    """Lightning's ``limit_*_batches``: null (all), a count, or a fraction of the batches."""
+    low = 0 if allow_zero else 1
+
+    def ok(v: Any) -> bool:
+        if v is None or (_is_int(v) and v >= low):
+            return True
+        return isinstance(v, float) and (v >= 0.0 if allow_zero else v > 0.0) and v <= 1.0
+
+    frac = "[0, 1]" if allow_zero else "(0, 1]"
+    return ok, f"null (all), an integer ≥ {low} (batches) or a fraction in {frac}"

@@ -66,19 +66,56 @@ def _build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
         raise
 
 
+def _exit_on_user_error(check: Any, *args: Any, context: str = "") -> None:
+    try:
+        check(*args)
+    except UserError as err:
+        print(f"error: {context}{err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override lists of a multirun's jobs, as Hydra's basic sweeper expands them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
 class CheckRunDir(Callback):
+    """Before Hydra creates a directory: the config (:func:`validate_config`, so a rejected config
+    leaves no stub run directory), every job of a sweep before the first starts, and that the run
+    directory can be created where it is asked for."""
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_on_user_error(validate_config, config)
         run_dir = Path(str(config.hydra.run.dir)).absolute()
         existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             what = "not a directory" if not existing.is_dir() else "not writable"
+            typed = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
+            key, value = (
+                ("hydra.run.dir", run_dir) if typed else ("paths.log_dir", config.paths.log_dir)
+            )
             print(
-                f"error: paths.log_dir={str(config.paths.log_dir)!r}: cannot create the run "
-                f"directory there ({existing} is {what}); choose another location with "
-                "paths.log_dir=<dir>",
+                f"error: {key}={str(value)!r}: cannot create the run directory there ({existing} "
+                f"is {what}); choose another location with {key}=<dir>",
                 file=sys.stderr,
             )
             sys.exit(2)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
+        loader = GlobalHydra.instance().config_loader()
+        jobs = _sweep_jobs(config)
+        for n, overrides in enumerate(jobs):
+            job = loader.load_sweep_config(config, overrides)
+            context = (
+                f"sweep job {n} of {len(jobs)} ({' '.join(overrides)}), so no job was started: "
+            )
+            _exit_on_user_error(validate_config, job, context=context)
 
 
 def _write_config(output_dir: Path, text: str) -> Path:
@@ -226,6 +263,13 @@ def _fit_and_test(
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )
+    asked = cfg.trainer.get("precision")
+    if asked is not None and str(trainer.precision) != str(asked):  # Lightning swapped it quietly
+        raise ConfigError(
+            f"trainer.precision={asked!r} is not supported on {trainer.strategy.root_device.type} "
+            f"(Lightning would run {trainer.precision} and the run's config would say {asked}); "
+            "choose bf16-mixed or 32-true"
+        )
     if trainer.strategy.root_device.type == "cpu":
         # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, which makes every torch.cuda.is_available()
         # probe NVML again (~0.1 ms; Adam asks at every step): on a CPU run ask the runtime once

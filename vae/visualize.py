@@ -23,7 +23,7 @@ import dataclasses
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from torchvision.utils import make_grid
 
 from vae import plots
 from vae.errors import UserError
+from vae.rules import int_at_least, one_of, optional
 
 PROJECTOR_MIN_DIMS = 3
 FIGURES = ("latent_space", "manifold", "reconstructions", "samples", "interpolation")
@@ -45,16 +46,19 @@ PROJECTIONS = ("pca", "axes")
 
 @dataclass(frozen=True)
 class FigureOptions:
-    """What :func:`render_figures` draws: declared once, read by the callback
-    (``callbacks.visualize.*``, whose YAML lists these defaults) and the command line's flags."""
+    """What :func:`render_figures` draws: declared once (defaults and rules), read by the callback
+    (``callbacks.visualize.*``, whose YAML lists these defaults, checked by
+    :func:`vae.config.validate_config`) and the command line's flags."""
 
-    grid_size: int = 20  # manifold.png is grid_size × grid_size decoded images
-    max_points: int | None = None  # subsample the scatter plot (None = every test image)
-    n_samples: int = 64
-    n_reconstructions: int = 32
-    interpolation_steps: int = 10
-    projection: str = "pca"  # latent_dim > 2: pca | axes (the first two latent coordinates)
-    seed: int = 0
+    grid_size: int = field(default=20, metadata={"rule": int_at_least(1)})  # n × n manifold
+    # subsample the scatter plot (None = every test image)
+    max_points: int | None = field(default=None, metadata={"rule": optional(int_at_least(1))})
+    n_samples: int = field(default=64, metadata={"rule": int_at_least(1)})
+    n_reconstructions: int = field(default=32, metadata={"rule": int_at_least(1)})
+    interpolation_steps: int = field(default=10, metadata={"rule": int_at_least(2)})
+    # latent_dim > 2: pca | axes (the first two latent coordinates)
+    projection: str = field(default="pca", metadata={"rule": one_of(PROJECTIONS)})
+    seed: int = field(default=0, metadata={"rule": int_at_least(0)})
 
 
 @torch.no_grad()
