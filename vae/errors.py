@@ -26,3 +26,8 @@ class CheckpointError(UserError, ValueError):
 
 class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; raised before anything is checkpointed."""
+
+
+class DiskFullError(UserError):
+    """A write failed for lack of space (ENOSPC) or quota (EDQUOT); the message names the file, its
+    file system, the space needed and free, and what was kept (:mod:`vae.diskspace` builds it)."""

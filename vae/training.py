@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae.checkpointing import AtomicCheckpointIO, check_resumable
 from vae.config import validate_config
+from vae.diskspace import disk_full_is_one_line
 from vae.errors import ConfigError, UserError
 from vae.module import VAEModule
 
@@ -177,7 +178,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def run_cli(cfg: DictConfig) -> float | None:
     """Run :func:`train` for the command line: a user error becomes one line on stderr and exit 2."""
     try:
-        metrics = train(cfg)
+        with disk_full_is_one_line(
+            cfg.paths.output_dir,
+            what="the run's files (TensorBoard events, figures, metrics.json)",
+            kept="the checkpoints already written are intact",
+            fix="or write the run elsewhere with paths.log_dir=<dir>",
+        ):
+            metrics = train(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
