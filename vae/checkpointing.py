@@ -141,11 +141,13 @@ def _write_atomically(target: Path, data: memoryview | bytes, *, what: str) -> N
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, "wb", buffering=0) as f:
+        try:
             view = memoryview(data)
             while view:
-                view = view[f.write(view) :]  # a raw write may be partial
-            os.fsync(f.fileno())
+                view = view[os.write(fd, view) :]  # a write may be partial
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException as err:
         if tmp is not None:  # removed before the free space is measured
