@@ -7,11 +7,14 @@ checked against an independent numpy parser of the raw files (``idx_helpers.pars
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import hashlib
 import math
 import os
+import re
+import shutil
 import urllib.error
 from collections import Counter
 from pathlib import Path
@@ -39,6 +42,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from vae import data
 from vae.config import ConfigError, UserError
 from vae.data import (
+    DataHints,
     DatasetError,
     EpochShuffleSampler,
     FashionMNISTDataModule,
@@ -210,6 +214,140 @@ def test_fashion_prefers_the_data_root(tmp_path: Path, monkeypatch: pytest.Monke
     assert locate_files("fashion_mnist", tmp_path / "root", download=False)[NAMES[3]] == (
         system / f"{NAMES[3]}.gz"
     )
+
+
+#: the fix at the end of every path message, as train.py spells it
+ROOT_FIX = (
+    "set data.root (default: the VAE_DATA_DIR environment variable, else ./data) to a directory "
+    "holding MNIST/raw/."
+)
+
+
+def _raw_is_a_file(raw: Path) -> tuple[Path, str]:
+    shutil.rmtree(raw)
+    raw.write_text("not a folder\n")
+    return (
+        raw,
+        "a regular file, not a directory; move it away and put the files in a directory there",
+    )
+
+
+def _root_is_a_file(raw: Path) -> tuple[Path, str]:
+    root = raw.parent.parent
+    shutil.rmtree(root)
+    root.write_text("not a folder\n")
+    return root, "a regular file where a directory should be; move it away and put the files in a "
+
+
+def _file_is_a_directory(raw: Path) -> tuple[Path, str]:
+    path = raw / f"{NAMES[2]}.gz"
+    path.unlink()
+    path.mkdir()
+    return path, "a directory, not a file; move it away and put the file there"
+
+
+def _file_symlink_loop(raw: Path) -> tuple[Path, str]:
+    path = raw / f"{NAMES[2]}.gz"
+    path.unlink()
+    path.symlink_to(path.name)  # points at itself
+    return path, f"a symbolic link loop ({os.strerror(errno.ELOOP)}); point the link at the file"
+
+
+def _raw_symlink_loop(raw: Path) -> tuple[Path, str]:
+    shutil.rmtree(raw)
+    raw.symlink_to("raw")
+    return (
+        raw,
+        f"a symbolic link loop ({os.strerror(errno.ELOOP)}); point the link at the directory",
+    )
+
+
+def _broken_symlink(raw: Path) -> tuple[Path, str]:
+    path = raw / f"{NAMES[2]}.gz"
+    path.unlink()
+    target = raw.parent / "moved" / path.name
+    path.symlink_to(target)
+    return path, f"a broken symbolic link (to {target}, which does not exist); point it at the file"
+
+
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        _raw_is_a_file,
+        _root_is_a_file,
+        _file_is_a_directory,
+        _file_symlink_loop,
+        _raw_symlink_loop,
+        _broken_symlink,
+    ],
+)
+def test_a_data_path_that_is_not_what_it_should_be_is_named(fake_root: SimpleNamespace, breaker):
+    path, words = breaker(fake_root.raw)
+    with pytest.raises(DatasetError) as err:
+        locate_files("mnist", fake_root.root, download=True)  # nothing to download: it is there
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: {words}"), msg
+    assert msg.endswith(ROOT_FIX), msg
+    with pytest.raises(DatasetError, match="^" + re.escape(f"{path}: {words}")):
+        MNISTDataModule(root=fake_root.root, download=False).setup("test")  # the same through setup
+
+
+@pytest.mark.parametrize("what", ["raw", "file"])
+def test_an_unreadable_data_path_is_named_via_os_access(
+    fake_root: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """The permission check is ``os.access`` (root reads mode 000 anyway): here it says no."""
+    path = fake_root.raw if what == "raw" else fake_root.raw / f"{NAMES[0]}.gz"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != path and real_access(p, mode))
+    with pytest.raises(DatasetError) as err:
+        locate_files("mnist", fake_root.root)
+    st = path.stat()
+    kind, chmod = ("directory", "a+rx") if what == "raw" else ("file", "a+r")
+    assert str(err.value) == (
+        f"{path}: a {kind} you may not read (mode {st.st_mode & 0o777:03o}, owner uid "
+        f"{st.st_uid}); make it readable (chmod {chmod}), or {ROOT_FIX}"
+    )
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files of mode 000"
+)
+@pytest.mark.parametrize("what", ["raw", "file"])
+def test_a_mode_000_data_path_is_named(fake_root: SimpleNamespace, what: str) -> None:
+    path = fake_root.raw if what == "raw" else fake_root.raw / f"{NAMES[0]}.gz"
+    path.chmod(0)
+    try:
+        with pytest.raises(DatasetError, match="^" + re.escape(f"{path}: a ")) as err:
+            locate_files("mnist", fake_root.root)
+    finally:
+        path.chmod(0o755)
+    assert "you may not read (mode 000" in str(err.value)
+
+
+def test_read_idx_of_a_directory_names_it(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as err:
+        read_idx(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path}: a directory, not a file; ")
+
+
+def test_data_errors_spell_the_fix_of_the_calling_command(fake_root: SimpleNamespace) -> None:
+    hints = DataHints(
+        not_fetched="NOT-FETCHED", fetch="FETCH {mirrors}", refetch="REFETCH", root="ROOT {raw}"
+    )
+    with pytest.raises(DatasetError) as err:
+        locate_files("mnist", fake_root.root / "nowhere", hints=hints)
+    msg = str(err.value)
+    mirrors = ", ".join(data.MNIST.mirrors)
+    assert f"(NOT-FETCHED.) Fix it either way: (1) FETCH {mirrors}; or (2) put the four" in msg
+    assert msg.endswith(", or ROOT MNIST/raw/.")
+    path = fake_root.raw / f"{NAMES[1]}.gz"
+    path.write_bytes(path.read_bytes()[:20])  # a truncated gzip stream
+    dm = MNISTDataModule(root=fake_root.root, download=False)
+    dm.hints = hints
+    with pytest.raises(DatasetError, match=r"the gzip stream ends early .*; REFETCH\.$"):
+        dm.setup("fit")
+    assert "data." not in msg  # nothing of train.py's spelling is left
 
 
 def serve(files: dict[str, bytes], calls: list[str]):

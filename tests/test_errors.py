@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import gzip
 import hashlib
 import io
@@ -25,8 +26,11 @@ import os
 import re
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,8 +45,10 @@ from idx_helpers import NAMES, fake_mnist, write_fake_raw
 from omegaconf import DictConfig, OmegaConf
 
 from vae import data
-from vae.checkpointing import check_resumable
+from vae.checkpointing import AtomicCheckpointIO, check_resumable, remove_stale_temp_files
 from vae.config import ConfigError
+from vae.diskspace import file_system, format_bytes
+from vae.errors import DiskFullError
 from vae.hparams import ModelConfig
 from vae.losses import discrete_kl
 from vae.module import VAEModule
@@ -252,6 +258,61 @@ def test_bad_data_file_is_one_line_naming_the_file(
     assert snapshot(path.parent) == before  # the broken files are reported, never deleted
 
 
+def _raw_is_a_file(raw: Path) -> tuple[Path, str]:
+    shutil.rmtree(raw)
+    raw.write_text("not a folder\n")
+    return raw, "a regular file, not a directory; "
+
+
+def _data_file_is_a_directory(raw: Path) -> tuple[Path, str]:
+    path = raw / f"{NAMES[0]}.gz"
+    path.unlink()
+    path.mkdir()
+    return path, "a directory, not a file; "
+
+
+def _data_file_symlink_loop(raw: Path) -> tuple[Path, str]:
+    path = raw / f"{NAMES[0]}.gz"
+    path.unlink()
+    path.symlink_to(path.name)
+    return path, f"a symbolic link loop ({os.strerror(errno.ELOOP)}); "
+
+
+@pytest.mark.parametrize(
+    "breaker", [_raw_is_a_file, _data_file_is_a_directory, _data_file_symlink_loop]
+)
+def test_a_data_path_of_the_wrong_kind_is_one_line_naming_it(
+    breaker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "data"
+    raw = root / "MNIST" / "raw"
+    write_fake_raw(raw, fake_mnist(n_train=20, n_test=10))  # found before the checksums matter
+    path, words = breaker(raw)
+    line = error_line(tiny(f"data.root={root}", output_dir=tmp_path / "run"), capsys)
+    assert line.startswith(f"error: {path}: {words}"), line
+    assert line.endswith(
+        "or set data.root (default: the VAE_DATA_DIR environment variable, "
+        "else ./data) to a directory holding MNIST/raw/."
+    ), line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads directories of mode 000"
+)
+def test_an_unreadable_raw_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    write_fake_raw(raw, fake_mnist(n_train=20, n_test=10))
+    raw.chmod(0)
+    try:
+        line = error_line(
+            tiny(f"data.root={raw.parent.parent}", output_dir=tmp_path / "run"), capsys
+        )
+    finally:
+        raw.chmod(0o755)
+    assert line.startswith(f"error: {raw}: a directory you may not read (mode 000, "), line
+
+
 # ---------------------------------------------------------------------------------------------
 # the output directory
 
@@ -285,6 +346,203 @@ def test_read_only_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert line.startswith(f"error: paths.output_dir={str(locked / 'run')!r}: not writable")
     assert "(Permission denied)" in line
     assert list(locked.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# a full disk: a checkpoint, TensorBoard, through run_cli; on a real small file system where
+# this machine lets the tests mount one (root), else with the failing write patched in
+
+
+def _serialised_size(checkpoint: dict) -> int:
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return len(buffer.getvalue())
+
+
+def _df(path: Path) -> tuple[str, str, int]:
+    """(mount point, type, bytes available) of ``path``'s file system, as coreutils' df sees it."""
+    out = subprocess.run(
+        ["df", "--block-size=1", "--output=target,fstype,avail", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()[1]
+    target, fstype, avail = out.rsplit(maxsplit=2)
+    return target, fstype, int(avail)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator:
+    """``small_fs("1m")``: a fresh tmpfs of that size mounted under tmp_path (skips where the
+    tests cannot mount one: not root, or no ``mount``); unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"fs-{size}"
+        point.mkdir()
+        if shutil.which("mount") is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+            pytest.skip("mounting a small file system needs root and mount(8)")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_format_bytes_worked_examples() -> None:
+    assert [format_bytes(n) for n in (0, 999, 16_214, 999_949, 12_913_664, 3_100_000_000)] == [
+        "0 bytes",
+        "999 bytes",
+        "16.2 kB",
+        "999.9 kB",
+        "12.9 MB",
+        "3.1 GB",
+    ]
+
+
+def test_file_system_is_the_one_df_reports(tmp_path: Path) -> None:
+    mount, fstype, _ = _df(tmp_path)
+    assert file_system(tmp_path / "not" / "yet" / "there") == (Path(mount), fstype)
+
+
+FREE = r"has [0-9.]+ (bytes|kB|MB|GB|TB) free"
+
+
+@pytest.mark.parametrize("fails_at", ["write", "fsync"])
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_the_old_one_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails_at: str
+) -> None:
+    directory = tmp_path / "checkpoints"
+    target = directory / "last.ckpt"
+    saver = AtomicCheckpointIO()
+    saver.save_checkpoint({"w": torch.ones(10)}, target)
+    before = target.read_bytes()
+    big = {"w": torch.zeros(300_000)}
+    # the temp file's writes fail as on a full disk: after 4 kB (write) or when flushed (fsync)
+    temp_fds: set[int] = set()
+    real_mkstemp, real_write, real_fsync = tempfile.mkstemp, os.write, os.fsync
+    enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def mkstemp(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        temp_fds.add(fd)
+        return fd, name
+
+    def write(fd: int, data) -> int:
+        if fd in temp_fds and fails_at == "write" and os.fstat(fd).st_size >= 4096:
+            raise enospc
+        return real_write(fd, data[:4096] if fd in temp_fds else data)
+
+    def fsync(fd: int) -> None:
+        if fd in temp_fds and fails_at == "fsync":
+            raise enospc
+        real_fsync(fd)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(DiskFullError) as err:
+        saver.save_checkpoint(big, target)
+    monkeypatch.undo()
+    mount, fstype, _ = _df(directory)
+    size = format_bytes(_serialised_size(big))
+    assert re.fullmatch(
+        re.escape(
+            f"{target}: no space left on device while writing the checkpoint ({size}); the file "
+            f"system mounted at {mount} ({fstype}) "
+        )
+        + FREE
+        + re.escape(
+            f"; the checkpoints already in {directory} are intact (the partial file was removed); "
+        )
+        + r"free (at least [0-9.]+ \S+ )?(space )?there, or write the run elsewhere with "
+        r"paths\.log_dir=<dir>",
+        str(err.value),
+    ), str(err.value)
+    assert sorted(p.name for p in directory.iterdir()) == ["last.ckpt"]  # no temp file left
+    assert target.read_bytes() == before
+
+
+def test_a_checkpoint_on_a_real_full_file_system(small_fs) -> None:
+    fs = small_fs("1m")
+    target = fs / "checkpoints" / "last.ckpt"
+    saver = AtomicCheckpointIO()
+    saver.save_checkpoint({"w": torch.ones(10)}, target)
+    before = target.read_bytes()
+    big = {"w": torch.zeros(500_000)}  # 2 MB on a 1 MB file system
+    with pytest.raises(DiskFullError) as err:
+        saver.save_checkpoint(big, target)
+    mount, fstype, avail = _df(fs)
+    assert (mount, fstype) == (str(fs), "tmpfs")
+    needed = _serialised_size(big)
+    assert str(err.value) == (
+        f"{target}: no space left on device while writing the checkpoint "
+        f"({format_bytes(needed)}); the file system mounted at {fs} (tmpfs) has "
+        f"{format_bytes(avail)} free; the checkpoints already in {target.parent} are intact (the "
+        f"partial file was removed); free at least {format_bytes(needed - avail)} there, or write "
+        "the run elsewhere with paths.log_dir=<dir>"
+    )
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    assert target.read_bytes() == before
+
+
+def test_a_run_whose_checkpoint_fills_the_disk_is_one_line(
+    small_fs, mnist_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before the fix: 66 to 105 lines of traceback ending in ``RuntimeError: … unexpected pos``."""
+    fs = small_fs("1m")  # room for config.yaml, not for a 12.9 MB checkpoint
+    run = fs / "run"
+    cfg = tiny("test=false", "~callbacks.visualize", "~logger.tensorboard", output_dir=run)
+    line = error_line(cfg, capsys)
+    assert re.match(
+        re.escape(f"error: {run}/checkpoints/")
+        + r"(best-epoch000|last)\.ckpt: no space left on device while writing the checkpoint "
+        + r"\([0-9.]+ MB\); "
+        + re.escape(f"the file system mounted at {fs} (tmpfs) has "),
+        line,
+    ), line
+    assert list((run / "checkpoints").iterdir()) == []  # no partial file, no temp file
+
+
+def test_a_full_disk_under_tensorboard_is_one_line(
+    tmp_path: Path,
+    mnist_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """TensorBoard writes its events from a thread: its error used to print that thread's traceback,
+    then Lightning's wrapped ``ValueError: you tried to log … which is currently not supported``."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def full(self, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(RecordWriter, "write", full)
+    # Python's own hook, which prints a thread's traceback to stderr (pytest's would only warn)
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    run = tmp_path / "run"
+    line = error_line(tiny("test=false", "~callbacks.visualize", output_dir=run), capsys)
+    mount, fstype, _ = _df(tmp_path)
+    assert re.fullmatch(
+        re.escape(
+            f"error: {run}: no space left on device while writing the run's files (TensorBoard "
+            f"events, figures, metrics.json); the file system mounted at {mount} ({fstype}) "
+        )
+        + FREE
+        + re.escape(
+            "; the checkpoints already written are intact; free space there, or write the run "
+            "elsewhere with paths.log_dir=<dir>"
+        ),
+        line,
+    ), line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,6 +603,35 @@ def test_bad_ckpt_path_is_one_line(
     line = error_line(tiny(f"+ckpt_path={ckpt}", output_dir=tmp_path / "run"), capsys)
     assert line == f"error: ckpt_path={str(ckpt)!r}: {problem}; {HINT}"
     assert snapshot(tmp_path) == before  # nothing written, the file left as it was
+
+
+def test_a_save_killed_before_its_rename_leaves_a_temp_file_the_next_start_removes(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    code = (
+        "import os, signal, sys, torch\n"
+        "from vae.checkpointing import AtomicCheckpointIO\n"
+        "os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # killed mid-save\n"
+        "AtomicCheckpointIO().save_checkpoint({'w': torch.zeros(1000)}, sys.argv[1])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(directory / "last.ckpt")], capture_output=True, text=True
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    (leftover,) = directory.iterdir()
+    assert re.fullmatch(r"\.last\.ckpt\.[a-z0-9_]{8}\.tmp", leftover.name), leftover.name
+    assert leftover.stat().st_size == _serialised_size({"w": torch.zeros(1000)})
+    # what is not a leftover of ours stays
+    keep = ["last.ckpt", ".last.ckpt.tmp", "notes.tmp", "x.ckpt.abcdefgh.tmp"]
+    for name in keep:
+        (directory / name).write_text("keep\n")
+    (directory / ".best.ckpt.abcdefgh.tmp").mkdir()
+    assert remove_stale_temp_files(directory) == [leftover]
+    assert sorted(p.name for p in directory.iterdir()) == sorted([*keep, ".best.ckpt.abcdefgh.tmp"])
+    assert remove_stale_temp_files(directory) == []
+    assert remove_stale_temp_files(tmp_path / "no such dir") == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,11 +9,15 @@ checked with a stand-in trainer (no training), and the drawing with stand-in mod
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import math
+import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -441,6 +445,190 @@ def test_cli_bad_target_is_one_error_line_and_exit_2(
     assert lines[0].startswith("error: ")
     assert str(target) in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def _one_error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """``visualize.main(argv)`` must return 2 with one ``error: …`` line and no output; → it."""
+    capsys.readouterr()
+    assert visualize.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_cli_out_that_is_a_file_is_one_line(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], under: bool
+) -> None:
+    blocker = tmp_path / "figures"
+    blocker.write_text("keep me\n")
+    out = blocker / "sub" if under else blocker
+    line = _one_error_line([str(tiny_run), "--out", str(out)], capsys)
+    what = f"{blocker} is a file, not a folder" if under else "a file, not a folder"
+    assert line == f"error: --out {out}: {what}; pass a folder for the figures with --out DIR"
+    assert blocker.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("device", ["gpu0", "cuda:", "cuda", "cuda:99"])
+def test_cli_bad_or_absent_device_is_one_line(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str
+) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    out = tmp_path / "out"
+    line = _one_error_line([str(tiny_run), "--out", str(out), "--device", device], capsys)
+    if device in ("gpu0", "cuda:"):  # torch.device() refuses the string itself
+        with pytest.raises(RuntimeError):
+            torch.device(device)
+        assert line == (
+            f"error: --device {device!r}: not a torch device; use cpu, cuda, cuda:<index> or mps"
+        )
+    else:
+        assert line.startswith(f"error: --device {device!r}: not available on this machine (")
+        assert line.endswith("); use --device cpu")
+    assert not out.exists()
+
+
+def test_cli_refuses_a_checkpoint_with_non_finite_weights(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)
+    state = ckpt["state_dict"]
+    floats = [k for k, v in state.items() if v.is_floating_point()]
+    first, other = floats[0], floats[3]
+    state[first].view(-1)[:5] = float("nan")
+    state[other].view(-1)[0] = float("inf")
+    path = tmp_path / "diverged.ckpt"
+    torch.save(ckpt, path)
+    out = tmp_path / "out"
+    line = _one_error_line([str(path), "--out", str(out)], capsys)
+    assert line == (
+        f"error: {path}: 2 of {len(floats)} weight tensors hold NaN or infinite values (6 values, "
+        f"first in {first}): the model had diverged when this checkpoint was written; redraw "
+        "from an earlier checkpoint (such as the run's best-*.ckpt)"
+    )
+    assert not out.exists()
+
+
+def test_cli_full_disk_is_one_line(
+    tiny_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+
+    def full(obj: object, path: Path) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what savefig/PIL raise then
+
+    monkeypatch.setattr(plots, "save_png", full)
+    line = _one_error_line([str(tiny_run), "--out", str(out), "--grid-size", "2"], capsys)
+    assert re.fullmatch(
+        re.escape(
+            f"error: {out}: no space left on device while writing the figures; the file system mounted at "
+        )
+        + r".+ has [0-9.]+ (bytes|kB|MB|GB|TB) free; the checkpoint is intact; free space there, "
+        r"or choose another folder with --out DIR",
+        line,
+    ), line
+
+
+def test_cli_data_errors_name_the_cli_options(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = tmp_path / "nowhere"
+    line = _one_error_line(
+        [str(tiny_run), "--out", str(tmp_path / "o"), "--data-root", str(nowhere)], capsys
+    )
+    assert line.startswith("error: MNIST files missing: ")
+    assert (
+        f"looked in {nowhere / 'MNIST' / 'raw'}. (python -m vae.visualize does not download.)"
+        in line
+    )
+    assert line.endswith(
+        "or pass --data-root DIR (or set VAE_DATA_DIR) for a directory DIR holding MNIST/raw/."
+    )
+    assert "data.root" not in line
+    assert "set data.download" not in line  # this command has no such option
+    raw = tmp_path / "bad" / "MNIST" / "raw"
+    raw.parent.mkdir(parents=True)
+    raw.write_text("not a folder\n")
+    line = _one_error_line(
+        [str(tiny_run), "--out", str(tmp_path / "o"), "--data-root", str(raw.parents[1])], capsys
+    )
+    assert line == (
+        f"error: {raw}: a regular file, not a directory; move it away and put the files in a "
+        "directory there, or pass --data-root DIR (or set VAE_DATA_DIR) for a directory DIR "
+        "holding MNIST/raw/."
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_data_root_precedence_flag_then_environment_then_checkpoint(
+    tiny_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stored = torch.load(tiny_run / "checkpoints" / "last.ckpt", weights_only=True)[
+        "datamodule_hyper_parameters"
+    ]["root"]
+    assert Path(stored).is_absolute()
+    from_env, from_flag = tmp_path / "env", tmp_path / "flag"
+    monkeypatch.setenv("VAE_DATA_DIR", str(from_env))
+    out = str(tmp_path / "o")
+    assert f"looked in {from_env / 'MNIST' / 'raw'}." in _one_error_line(
+        [str(tiny_run), "--out", out], capsys
+    )
+    line = _one_error_line([str(tiny_run), "--out", out, "--data-root", str(from_flag)], capsys)
+    assert f"looked in {from_flag / 'MNIST' / 'raw'}." in line
+    # neither: the checkpoint's absolute root, from any working directory
+    monkeypatch.delenv("VAE_DATA_DIR")
+    monkeypatch.chdir(tmp_path)
+    assert visualize.main([str(tiny_run), "--out", out, "--grid-size", "2"]) == 0
+    assert sorted(p.name for p in Path(out).iterdir()) == sorted(f"{n}.png" for n in FIGURES)
+
+
+def test_cli_redraws_a_run_trained_with_a_relative_data_dir_from_elsewhere(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's form, ``VAE_DATA_DIR=../shared/datasets``: the run stores the root absolute,
+    so ``python -m vae.visualize`` finds the data from another directory, without the variable."""
+    from conftest import TINY, compose_config
+
+    data_dir = mnist_root.resolve()
+    monkeypatch.chdir(data_dir.parent)
+    monkeypatch.setenv("VAE_DATA_DIR", data_dir.name)  # relative to the working directory
+    run = tmp_path / "run"
+    cfg = compose_config(
+        [*TINY, "trainer.limit_train_batches=2", "test=false", "~callbacks.visualize"],
+        output_dir=run,
+    )
+    assert cfg.data.root == data_dir.name
+    train(cfg)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["datamodule_hyper_parameters"]["root"] == str(data_dir)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "VAE_DATA_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(visualize.__file__).parents[1]), env.get("PYTHONPATH", "")]
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "vae.visualize", str(run), "--out", "figs", "--grid-size", "2"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split()) == sorted(f"figs/{n}.png" for n in FIGURES)
+    assert all((elsewhere / "figs" / f"{n}.png").is_file() for n in FIGURES)
 
 
 def test_cli_rejects_a_grid_size_below_one(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,10 @@
   :class:`~vae.errors.CheckpointError`, one line naming the file, the problem and the fix.
 - :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file in the same folder, fsyncs it
   and renames it over the target (``os.replace`` is atomic on POSIX), so a ``kill -9`` during a save
-  leaves the previous checkpoint intact, never a truncated one.
+  leaves the previous checkpoint intact, never a truncated one. A full disk is a
+  :class:`~vae.errors.DiskFullError` (one line: the file, its file system, the space needed and
+  free), with the temporary file removed. :func:`remove_stale_temp_files` deletes the temporary
+  files a killed save left behind (call it at the start of a run, once the run is the only writer).
 - :func:`rng_states` / :func:`set_rng_states`: the random-number generators that training draws from
   (torch CPU and CUDA, Python, NumPy), saved with every checkpoint as tensors, numbers and tuples (so
   the checkpoint stays loadable as data) and restored on resume.
@@ -18,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import random
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vae.diskspace import disk_full_error, is_disk_full
 from vae.errors import CheckpointError, ConfigError
 from vae.hparams import NETWORK_KEYS
 from vae.rules import plain
@@ -42,6 +47,9 @@ CKPT_HINT = (
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6
 #: data-module arguments a resumed run must share with its checkpoint: they define the split
 SPLIT_KEYS = ("dataset", "seed", "val_size")
+#: the temporary files AtomicCheckpointIO writes: ``.<name>.<random>.tmp`` (tempfile.mkstemp's
+#: random part is 8 characters of ``[a-z0-9_]``), e.g. ``.last.ckpt.k2j4_x9q.tmp``
+_TEMP_FILE = re.compile(r"\..+\.ckpt\.[a-z0-9_]{8}\.tmp")
 
 
 def load_checkpoint(
@@ -107,19 +115,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(
                 f"{type(self).__name__} takes no storage_options, got {storage_options!r}"
             )
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        # serialised in memory first: torch.save's zip writer reports a failed file write as
+        # "RuntimeError: unexpected pos", whereas plain writes keep the OSError and its errno
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        _write_atomically(Path(path), buffer.getbuffer(), what="the checkpoint")
 
     def load_checkpoint(
         self,
@@ -129,6 +129,63 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         # weights_only is always true here, whatever the caller asks
         return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+def _write_atomically(target: Path, data: memoryview | bytes, *, what: str) -> None:
+    """Write checkpoint bytes ``data`` to ``target`` through a sibling temp file, fsync and
+    ``os.replace``.
+
+    On any failure the temp file is removed and ``target`` is untouched; a full disk (ENOSPC or
+    EDQUOT, at mkdir, create, write, fsync or close) is a :class:`~vae.errors.DiskFullError`
+    naming ``target``, its file system, the ``len(data)`` bytes ``what`` needs and the space free.
+    """
+    tmp: str | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]  # a write may be partial
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException as err:
+        if tmp is not None:  # removed before the free space is measured
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if not is_disk_full(err):
+            raise
+        raise disk_full_error(
+            target,
+            reason=err.strerror,
+            what=what,
+            needed=len(data),
+            kept=f"the checkpoints already in {target.parent} are intact (the partial file was "
+            "removed)",
+            fix="or write the run elsewhere with paths.log_dir=<dir>",
+        ) from None
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary checkpoint files (``.<name>.ckpt.<random>.tmp``) in ``directory``.
+
+    A save killed between writing its temp file and renaming it (``kill -9``, a power cut) leaves
+    one behind, as big as a checkpoint. Call this at the start of a run, once the run holds its run
+    directory (no other process can be saving there). Returns the paths removed, sorted; a missing
+    ``directory`` is no error. Only regular files whose name matches the pattern are touched.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in sorted(directory.iterdir()):
+        if _TEMP_FILE.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
 
 
 def rng_states() -> dict[str, Any]:

@@ -26,10 +26,12 @@ Randomness, and what reproduces it:
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +55,8 @@ __all__ = [
     "DATASETS",
     "DATA_RULES",
     "SHA256",
+    "TRAIN_HINTS",
+    "DataHints",
     "DatasetError",
     "EpochShuffleSampler",
     "FashionMNISTDataModule",
@@ -128,6 +132,32 @@ _SPECS = {
     ),
 }
 
+
+@dataclass(frozen=True)
+class DataHints:
+    """How the running command spells the fixes that a data error suggests.
+
+    Every :class:`DatasetError` ends with one of these, so the message names the options of the
+    command at hand: :data:`TRAIN_HINTS` (``train.py``'s config keys) by default;
+    ``python -m vae.visualize`` passes its own (``--data-root``, and it never downloads).
+    ``{mirrors}`` and ``{raw}`` are filled in with the download mirrors and the ``<folder>/raw/``
+    the files belong in.
+    """
+
+    not_fetched: str  # why nothing was downloaded
+    fetch: str  # how to download the missing files
+    refetch: str  # what to do with a corrupt file
+    root: str  # how to point the command at another data root
+
+
+TRAIN_HINTS = DataHints(
+    not_fetched="data.download is false, so nothing was downloaded",
+    fetch="on a machine with network access set data.download=true to fetch them from {mirrors}",
+    refetch="delete it and download it again (data.download=true), or replace it",
+    root="set data.root (default: the VAE_DATA_DIR environment variable, else ./data) to a "
+    "directory holding {raw}",
+)
+
 _IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST uses
 NUM_TRAIN = 60_000
 
@@ -152,7 +182,7 @@ DATA_RULES: dict[str, Rule] = {
 # IDX files
 
 
-def _decompress(path: Path, raw: bytes) -> bytes:
+def _decompress(path: Path, raw: bytes, hints: DataHints) -> bytes:
     decomp = zlib.decompressobj(wbits=31)  # gzip container
     try:
         out = decomp.decompress(raw)
@@ -161,12 +191,11 @@ def _decompress(path: Path, raw: bytes) -> bytes:
         elif not decomp.eof:
             raise DatasetError(
                 f"{path}: the gzip stream ends early (file truncated after {len(raw):,} bytes); "
-                "delete it and download it again, or replace it."
+                f"{hints.refetch}."
             )
     except (zlib.error, OSError, EOFError) as err:
         raise DatasetError(
-            f"{path}: cannot decompress ({err}); the file is corrupt: delete it and download it "
-            "again (data.download=true), or replace it."
+            f"{path}: cannot decompress ({err}); the file is corrupt: {hints.refetch}."
         ) from err
     return out
 
@@ -176,6 +205,7 @@ def read_idx(
     *,
     sha256: str | None = None,
     ndim: int | None = None,
+    hints: DataHints = TRAIN_HINTS,
 ) -> torch.Tensor:
     """Read an IDX file of unsigned bytes (gzip-compressed or not) into a uint8 tensor.
 
@@ -183,25 +213,28 @@ def read_idx(
     payload must have that SHA-256, which also vouches for its header and length. Without one, the
     header is checked instead: the magic number, ``ndim`` dimensions if given, and a payload of the
     declared size. Any mismatch raises ``DatasetError`` naming the file and what was expected
-    versus found.
+    versus found, as does a path that is no readable file (:func:`_present`); each message ends
+    with the fix, as ``hints`` spells it.
     """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as err:
-        raise DatasetError(f"{path}: cannot read ({err}).") from err
-    data = _decompress(path, raw) if raw[:2] == b"\x1f\x8b" else raw
+        if not _present(path, kind="file", hints=hints, raw=path.parent):
+            raise DatasetError(f"{path}: no such file; {hints.refetch}.") from None
+        raise DatasetError(f"{path}: cannot read ({err.strerror}); {hints.refetch}.") from None
+    data = _decompress(path, raw, hints) if raw[:2] == b"\x1f\x8b" else raw
 
     if sha256 is not None:
         found = hashlib.sha256(data).hexdigest()
         if found != sha256:
             raise DatasetError(
                 f"{path}: SHA-256 of the IDX payload is {found}, expected {sha256}: the file is "
-                "corrupt or not the published one. Delete it to download it again, or replace it."
+                f"corrupt or not the published one: {hints.refetch}."
             )
 
     if sha256 is None:
-        _check_idx_header(path, data, ndim=ndim)
+        _check_idx_header(path, data, ndim=ndim, hints=hints)
     nd = data[3]
     header = 4 + 4 * nd
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd))
@@ -212,14 +245,13 @@ def read_idx(
     return torch.frombuffer(writable, dtype=torch.uint8, offset=header, count=count).view(shape)
 
 
-def _check_idx_header(path: Path, data: bytes, *, ndim: int | None) -> None:
+def _check_idx_header(path: Path, data: bytes, *, ndim: int | None, hints: DataHints) -> None:
     """What a payload with no known checksum must satisfy to be read as an IDX file."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE:
         found = data[:4].hex() if data else "(empty file)"
         raise DatasetError(
             f"{path}: not an IDX file of unsigned bytes: magic number 0x{found}, "
-            f"expected 0x000008NN (NN = number of dimensions): delete it and download it again "
-            "(data.download=true), or replace it."
+            f"expected 0x000008NN (NN = number of dimensions): {hints.refetch}."
         )
     nd = data[3]
     if ndim is not None and nd != ndim:
@@ -260,12 +292,89 @@ def _search_dirs(dataset: str, root: str | os.PathLike[str]) -> list[Path]:
     return dirs
 
 
-def _find(name: str, dirs: Sequence[Path]) -> Path | None:
+def _find(name: str, dirs: Sequence[Path], hints: DataHints) -> Path | None:
     for d in dirs:
+        if not _present(d, kind="directory", hints=hints, raw=dirs[0]):
+            continue
         for candidate in (d / name, d / f"{name}.gz"):  # uncompressed first: no decompression
-            if candidate.is_file():
+            if _present(candidate, kind="file", hints=hints, raw=dirs[0]):
                 return candidate
     return None
+
+
+def _present(path: Path, *, kind: str, hints: DataHints, raw: Path) -> bool:
+    """Whether a readable ``kind`` (``"file"`` or ``"directory"``) is at ``path``.
+
+    False when nothing is there (the caller looks elsewhere, or reports it missing). Anything else
+    is a :class:`DatasetError` naming the path and what is wrong with it: the other kind (``raw/``
+    a regular file, a data file name that is a directory), a special file, a symlink loop or a
+    broken symlink, no permission (``os.access``: root may read anyway). ``raw`` is the
+    ``<root>/<folder>/raw`` directory named in the fix.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if not path.is_symlink():
+            return False
+        problem = f"a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        fix = f"point it at the {kind} (or remove it)"
+    except NotADirectoryError:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        path, problem = blocker, f"{_kind_of(blocker)} where a directory should be"
+        fix = "move it away and put the files in a directory there"
+    except PermissionError as err:
+        # the outermost directory that may not be entered: the one to chmod
+        parent = next((p for p in reversed(path.parents) if not os.access(p, os.X_OK)), path.parent)
+        path, problem = (
+            parent,
+            f"a directory you may not look into ({err.strerror}, {_mode(parent)})",
+        )
+        fix = "make it readable (chmod a+rx)"
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            problem, fix = f"cannot access it ({err.strerror})", "check the path"
+        else:
+            problem = f"a symbolic link loop ({err.strerror})"
+            fix = f"point the link at the {kind} (or replace it by the {kind})"
+    else:
+        is_dir = kind == "directory"
+        if not (stat.S_ISDIR if is_dir else stat.S_ISREG)(st.st_mode):
+            problem = f"{_kind_of(path)}, not a {kind}"
+            fix = f"move it away and put the {'files in a directory' if is_dir else 'file'} there"
+        elif not os.access(path, os.R_OK | os.X_OK if is_dir else os.R_OK):
+            problem = f"a {kind} you may not read ({_mode(path)})"
+            fix = f"make it readable (chmod {'a+rx' if is_dir else 'a+r'})"
+        else:
+            return True
+    raise DatasetError(f"{path}: {problem}; {fix}, or {hints.root.format(raw=_raw_label(raw))}.")
+
+
+def _kind_of(path: Path) -> str:
+    """What is at ``path``, in words (for the "X where Y should be" messages)."""
+    mode = path.stat().st_mode
+    kinds = {
+        stat.S_ISREG: "a regular file",
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a named pipe",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((words for test, words in kinds.items() if test(mode)), "a special file")
+
+
+def _mode(path: Path) -> str:
+    """``mode 000, owner uid 1000``: the words of a permission message."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "mode unknown"
+    return f"mode {stat.S_IMODE(st.st_mode):03o}, owner uid {st.st_uid}"
+
+
+def _raw_label(raw: Path) -> str:
+    """``MNIST/raw/`` from ``<root>/MNIST/raw``: the folder a data root must hold."""
+    return f"{raw.parent.name}/{raw.name}/"
 
 
 def _fetch(url: str, directory: Path, filename: str) -> None:
@@ -303,16 +412,21 @@ def _download(dataset: str, name: str, directory: Path) -> tuple[Path | None, li
 
 
 def locate_files(
-    dataset: str, root: str | os.PathLike[str], *, download: bool = False
+    dataset: str,
+    root: str | os.PathLike[str],
+    *,
+    download: bool = False,
+    hints: DataHints = TRAIN_HINTS,
 ) -> dict[str, Path]:
     """Paths of the four IDX files, downloading the missing ones when ``download`` is true.
 
-    Raises ``DatasetError`` listing the missing files, where they were looked for and how to fix it.
+    Raises ``DatasetError`` listing the missing files, where they were looked for and how to fix it
+    (as ``hints`` spells it), or naming a path that is there but unusable (:func:`_present`).
     Only presence is checked here; ``read_idx``/``load_split`` verify the contents.
     """
     spec = _spec(dataset)
     dirs = _search_dirs(dataset, root)
-    found = {name: _find(name, dirs) for name in FILES}
+    found = {name: _find(name, dirs, hints) for name in FILES}
     failures: list[str] = []
     if download:
         for name in FILES:
@@ -327,31 +441,36 @@ def locate_files(
         tried = (
             " Download failed: " + "; ".join(failures) + "."
             if failures
-            else " (data.download is false, so nothing was downloaded.)"
+            else f" ({hints.not_fetched}.)"
         )
+        fetch = hints.fetch.format(mirrors=", ".join(spec.mirrors))
         raise DatasetError(
             f"{spec.title} files missing: {', '.join(f'{n}[.gz]' for n in missing)}; looked in "
-            f"{looked}.{tried} Fix it either way: (1) on a machine with network access set "
-            f"data.download=true to fetch them from {', '.join(spec.mirrors)}; or (2) put the four "
-            f"IDX files (gzip or not) in {dirs[0].resolve()}, or set data.root (default: the "
-            f"VAE_DATA_DIR environment variable, else ./data) to a directory holding "
-            f"{spec.folder}/raw/."
+            f"{looked}.{tried} Fix it either way: (1) {fetch}; or (2) put the four IDX files "
+            f"(gzip or not) in {dirs[0].resolve()}, or {hints.root.format(raw=_raw_label(dirs[0]))}."
         )
     return {name: path for name, path in found.items() if path is not None}
 
 
 def load_split(
-    dataset: str, root: str | os.PathLike[str], *, train: bool, download: bool = False
+    dataset: str,
+    root: str | os.PathLike[str],
+    *,
+    train: bool,
+    download: bool = False,
+    hints: DataHints = TRAIN_HINTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The verified training (60,000) or test (10,000) split.
 
     Returns images as uint8 ``(N, 1, 28, 28)`` and labels as int64 ``(N,)``. Each payload matches
     its published SHA-256 (:data:`SHA256`), so the counts, shapes and labels are the published ones.
+    Errors spell their fixes as ``hints`` says.
     """
-    paths = locate_files(dataset, root, download=download)
+    paths = locate_files(dataset, root, download=download, hints=hints)
     img_name, lbl_name = TRAIN_FILES if train else TEST_FILES
-    images = read_idx(paths[img_name], sha256=SHA256[dataset][img_name])  # (N, 28, 28)
-    labels = read_idx(paths[lbl_name], sha256=SHA256[dataset][lbl_name])  # (N,)
+    sums = SHA256[dataset]
+    images = read_idx(paths[img_name], sha256=sums[img_name], hints=hints)  # (N, 28, 28)
+    labels = read_idx(paths[lbl_name], sha256=sums[lbl_name], hints=hints)  # (N,)
     return images.unsqueeze(1), labels.long()
 
 
@@ -541,6 +660,9 @@ class MNISTDataModule(L.LightningDataModule):
     dims = (1, 28, 28)
     num_classes = 10
     NUM_TRAIN = NUM_TRAIN
+    #: how its data errors spell the fixes (not an argument: not saved in checkpoints); a command
+    #: with other options sets its own on the instance, as ``python -m vae.visualize`` does
+    hints: DataHints = TRAIN_HINTS
 
     def __init__(
         self,
@@ -580,12 +702,14 @@ class MNISTDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download missing files (Lightning runs this once per node, before ``setup``)."""
-        locate_files(self.dataset, self.root, download=self.download)
+        locate_files(self.dataset, self.root, download=self.download, hints=self.hints)
 
     def setup(self, stage: str | None = None) -> None:
         """Load and verify the splits ``stage`` needs (once; later calls reuse them)."""
         if stage in (None, "fit", "validate") and self.train_dataset is None:
-            images, labels = load_split(self.dataset, self.root, train=True, download=self.download)
+            images, labels = load_split(
+                self.dataset, self.root, train=True, download=self.download, hints=self.hints
+            )
             n = images.shape[0]
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
             held_out = torch.zeros(n, dtype=torch.bool)
@@ -602,7 +726,7 @@ class MNISTDataModule(L.LightningDataModule):
             )
         if stage in (None, "test") and self.test_dataset is None:
             images, labels = load_split(
-                self.dataset, self.root, train=False, download=self.download
+                self.dataset, self.root, train=False, download=self.download, hints=self.hints
             )
             self.test_dataset = IndexedTensorDataset(
                 self._fixed_eval_images(images, "test"), labels

@@ -35,3 +35,8 @@ class RunInterrupted(Exception):
     def __init__(self, message: str, *, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class DiskFullError(UserError):
+    """A write failed for lack of space (ENOSPC) or quota (EDQUOT); the message names the file, its
+    file system, the space needed and free, and what was kept (:mod:`vae.diskspace` builds it)."""

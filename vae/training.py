@@ -27,8 +27,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from vae.checkpointing import AtomicCheckpointIO, check_resumable
+from vae.checkpointing import AtomicCheckpointIO, check_resumable, remove_stale_temp_files
 from vae.config import validate_config
+from vae.diskspace import disk_full_is_one_line
 from vae.environment import collect_environment, environment_markdown
 from vae.errors import ConfigError, RunInterrupted, UserError
 from vae.module import VAEModule
@@ -239,7 +240,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             data=dict(datamodule.hparams),
         )
     _ensure_writable(output_dir)
-    with run_lock(output_dir):
+    with run_lock(output_dir):  # no other live run writes here: leftovers of a kill -9 can go
+        remove_stale_temp_files(output_dir / "checkpoints")
         return _fit_and_test(cfg, datamodule, output_dir, ckpt_path)
 
 
@@ -332,7 +334,13 @@ def _fit_and_test(
 def run_cli(cfg: DictConfig) -> float | None:
     """Run :func:`train` for the command line: a user error becomes one line on stderr and exit 2."""
     try:
-        metrics = train(cfg)
+        with disk_full_is_one_line(
+            cfg.paths.output_dir,
+            what="the run's files (TensorBoard events, figures, metrics.json)",
+            kept="the checkpoints already written are intact",
+            fix="or write the run elsewhere with paths.log_dir=<dir>",
+        ):
+            metrics = train(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -6,6 +6,12 @@ the command line below, so a re-plot is the same picture::
     python -m vae.visualize logs/train/runs/<run>            # the run's last.ckpt → <run>/*.png
     python -m vae.visualize path/to/model.ckpt --out figs --grid-size 30 --max-points 5000
 
+The test images are read from ``--data-root DIR`` if given, else ``$VAE_DATA_DIR`` if set, else the
+data root stored in the checkpoint (absolute). A bad input (a target that is no checkpoint, weights
+that are NaN or infinite, missing or broken data, an ``--out`` that is a file, a ``--device`` that
+is no device or not on this machine, a full disk) is one ``error: …`` line and exit 2, before
+anything is written.
+
 Figures (all from the **test** split, posterior means E[z | x] for the scatter):
 
 - ``latent_space``: the means coloured by class (PCA projection when latent_dim > 2);
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +41,9 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from vae import plots
-from vae.errors import UserError
+from vae.data import DataHints
+from vae.diskspace import disk_full_is_one_line
+from vae.errors import CheckpointError, ConfigError, UserError
 from vae.rules import int_at_least, one_of, optional
 
 PROJECTOR_MIN_DIMS = 3
@@ -241,6 +250,15 @@ def write_pngs(figures: dict[str, Figure | Tensor], directory: str | Path) -> li
 
 
 # ---- command line --------------------------------------------------------------------------------
+#: how this command's data errors spell the fixes (vae.data's default names train.py's config keys)
+CLI_HINTS = DataHints(
+    not_fetched="python -m vae.visualize does not download",
+    fetch="download them from {mirrors} (python train.py data.download=true does, before training)",
+    refetch="replace it with the published file (python -m vae.visualize does not download)",
+    root="pass --data-root DIR (or set VAE_DATA_DIR) for a directory DIR holding {raw}",
+)
+
+
 def _resolve_checkpoint(target: Path) -> Path:
     if target.is_dir():
         for candidate in (target / "checkpoints" / "last.ckpt", target / "last.ckpt"):
@@ -253,6 +271,51 @@ def _resolve_checkpoint(target: Path) -> Path:
     if not target.is_file():
         raise FileNotFoundError(f"{target} is neither a run directory nor a checkpoint file")
     return target
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder this process can create or write into (checked before drawing)."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        what = "a file, not a folder" if existing == out else f"{existing} is a file, not a folder"
+        raise ConfigError(f"--out {out}: {what}; pass a folder for the figures with --out DIR")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--out {out}: {existing} is not writable; choose another folder with --out DIR"
+        )
+
+
+def _check_device(text: str) -> torch.device:
+    """The torch device ``--device`` names, refused unless it is usable on this machine."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"--device {text!r}: not a torch device; use cpu, cuda, cuda:<index> or mps"
+        ) from None
+    try:
+        torch.empty(1, device=device)  # the one check for every kind: cuda, cuda:7, mps, xpu
+    except (RuntimeError, AssertionError, ValueError) as err:
+        reason = " ".join(str(err).split()).split(". ")[0].rstrip(".")
+        raise ConfigError(
+            f"--device {text!r}: not available on this machine ({reason}); use --device cpu"
+        ) from None
+    return device
+
+
+def _check_finite(module: Any, ckpt: Path) -> None:
+    """Refuse weights with NaN or inf entries: every figure drawn from them would be blank."""
+    tensors = {k: v for k, v in module.state_dict().items() if v.is_floating_point()}
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in tensors.items()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise CheckpointError(
+            f"{ckpt}: {len(bad)} of {len(tensors)} weight tensors hold NaN or infinite values "
+            f"({sum(bad.values()):,} values, first in {first}): the model had diverged when "
+            "this checkpoint was written; redraw from an earlier checkpoint (such as the run's "
+            "best-*.ckpt)"
+        )
 
 
 def _positive_int(text: str) -> int:
@@ -276,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="output folder (default: the run directory)")
     parser.add_argument(
-        "--data-root", help="folder holding MNIST/raw (default: the run's data.root)"
+        "--data-root",
+        help="folder holding MNIST/raw (default: $VAE_DATA_DIR if set, else the run's data.root)",
     )
     for f in dataclasses.fields(FigureOptions):  # one flag per option, e.g. --grid-size
         flag = "--" + f.name.replace("_", "-")
@@ -293,11 +357,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vae.module import VAEModule
 
     try:
+        device = _check_device(args.device)
         ckpt = _resolve_checkpoint(args.target)
+        out = args.out or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+        _check_out(out)
         # checked first by vae.checkpointing.load_checkpoint, then read with weights_only=True
-        module = VAEModule.load_from_checkpoint(ckpt, map_location=args.device)
-        overrides = {"download": False} | ({"root": args.data_root} if args.data_root else {})
+        module = VAEModule.load_from_checkpoint(ckpt, map_location=device)
+        _check_finite(module, ckpt)
+        root = args.data_root or os.environ.get("VAE_DATA_DIR")  # else the checkpoint's
+        overrides = {"download": False} | ({"root": root} if root else {})
         dm = MNISTDataModule.load_from_checkpoint(ckpt, weights_only=True, **overrides)
+        dm.hints = CLI_HINTS
         dm.setup("test")
         ds = dm.test_dataset
         options = FigureOptions(
@@ -306,11 +376,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures = render_figures(
             module, dm.to_float(ds.images), ds.labels, class_names=dm.class_names, options=options
         )
+        with disk_full_is_one_line(
+            out,
+            what="the figures",
+            kept="the checkpoint is intact",
+            fix="or choose another folder with --out DIR",
+        ):
+            paths = write_pngs(to_images(figures), out)
     except (UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = args.out or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
-    for path in write_pngs(to_images(figures), out):
+    for path in paths:
         print(path)
     return 0
 

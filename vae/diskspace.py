@@ -1,0 +1,170 @@
+"""A full disk is the user's to fix, not a crash: one line naming the file, its file system and the
+space it needs, instead of a traceback.
+
+A write can run out of space (``ENOSPC``, or ``EDQUOT`` for a quota) wherever a command writes:
+
+- a checkpoint: :class:`vae.checkpointing.AtomicCheckpointIO` serialises it in memory and writes the
+  bytes itself, so the error arrives as an ``OSError`` with its errno (``torch.save`` straight into
+  a file turns it into ``RuntimeError: … unexpected pos …``), and raises :func:`disk_full_error`
+  with the checkpoint's size;
+- TensorBoard's event file: written by a background thread (tensorboard's ``EventFileWriter``),
+  whose ``OSError`` is printed as a thread traceback and re-raised at the next log call (where
+  Lightning's ``TensorBoardLogger.log_metrics`` wraps it in a ``ValueError``) or at ``finalize``;
+- figures, the projector files, ``metrics.json``: plain ``OSError``.
+
+:func:`disk_full_is_one_line` turns all of these into one :class:`~vae.errors.DiskFullError`: any
+exception whose cause/context chain holds a ``DiskFullError`` or a disk-full ``OSError``, and it
+silences the TensorBoard writer thread's copy of the error (the main thread reports it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from vae.errors import DiskFullError
+
+#: the errnos that mean "no room to write": no space left, quota exceeded
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_TENSORBOARD_WRITER = "tensorboard.summary.writer.event_file_writer"
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` is an ``OSError`` for lack of space or quota."""
+    return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
+
+
+def format_bytes(n: int) -> str:
+    """``n`` bytes in decimal units: ``512 bytes``, ``16.2 kB``, ``12.9 MB``, ``3.1 GB``."""
+    if n < 1000:
+        return f"{n:,} bytes"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def file_system(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """The mount point of the file system holding ``path`` (or its nearest existing ancestor) and
+    its type from ``/proc/mounts`` (None where that file is missing)."""
+    mount = _existing(Path(path)).resolve()
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    fstype = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            # mount points with spaces are written with octal escapes (\040)
+            if len(fields) >= 3 and _unescape(fields[1]) == str(mount):
+                fstype = fields[2]  # the last entry for a mount point is the one in effect
+    return mount, fstype
+
+
+def disk_full_error(
+    path: str | os.PathLike[str],
+    *,
+    reason: str = os.strerror(errno.ENOSPC),
+    what: str,
+    needed: int | None = None,
+    kept: str,
+    fix: str,
+) -> DiskFullError:
+    """The one-line error for a write to ``path`` that ran out of room.
+
+    ``reason`` is the OS's (``No space left on device``, ``Disk quota exceeded``); ``what`` names
+    what was being written and ``needed`` its size in bytes, when known; ``kept`` says what is
+    intact and ``fix`` how else to go on (the command's own option). The free space is measured
+    now, after the caller removed its partial file.
+    """
+    path = Path(path)
+    mount, fstype = file_system(path)
+    free = shutil.disk_usage(_existing(path)).free
+    where = f"{mount} ({fstype})" if fstype else str(mount)
+    size = f" ({format_bytes(needed)})" if needed is not None else ""
+    short = needed - free if needed is not None else 0
+    make_room = f"free at least {format_bytes(short)} there" if short > 0 else "free space there"
+    return DiskFullError(
+        f"{path}: {reason.lower()} while writing {what}{size}; the file system mounted at {where} "
+        f"has {format_bytes(free)} free; {kept}; {make_room}, {fix}"
+    )
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(
+    directory: str | os.PathLike[str], *, what: str, kept: str, fix: str
+) -> Iterator[None]:
+    """Within the block, an exception caused by a full disk becomes one :class:`DiskFullError`.
+
+    The one already raised by a writer that knew the file and size (a checkpoint) is kept as it is;
+    any other (TensorBoard, figures, JSON) is reported against the ``OSError``'s file name, else
+    ``directory`` (where the command writes), with ``what``, ``kept`` and ``fix`` as in
+    :func:`disk_full_error`. Other exceptions pass through unchanged.
+    """
+    previous = threading.excepthook
+
+    def quiet_tensorboard_writer(args: threading.ExceptHookArgs) -> None:
+        # tensorboard's writer thread keeps its exception and the main thread raises it again
+        # at the next write: printing it here too would add a thread traceback to the one line
+        thread_module = type(args.thread).__module__ if args.thread is not None else ""
+        if thread_module == _TENSORBOARD_WRITER and args.exc_value and is_disk_full(args.exc_value):
+            return
+        previous(args)
+
+    threading.excepthook = quiet_tensorboard_writer
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as err:
+        found = _disk_full_in_chain(err)
+        if found is None:
+            raise
+        if isinstance(found, DiskFullError):
+            raise found from None
+        raise disk_full_error(
+            found.filename or directory,
+            reason=found.strerror or str(found),
+            what=what,
+            kept=kept,
+            fix=fix,
+        ) from None
+    finally:
+        threading.excepthook = previous
+
+
+def _disk_full_in_chain(err: BaseException) -> BaseException | None:
+    """The first DiskFullError in ``err``'s cause/context chain, else the first disk-full OSError."""
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    stack = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        chain.append(e)
+        stack += [e.__context__, e.__cause__]  # popped cause first
+    for e in chain:
+        if isinstance(e, DiskFullError):
+            return e
+    return next((e for e in chain if is_disk_full(e)), None)
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (``path`` itself may not be written yet)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _unescape(field: str) -> str:
+    r"""A ``/proc/mounts`` field with its octal escapes (``\040`` for a space) decoded."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
