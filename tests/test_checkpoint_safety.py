@@ -93,7 +93,7 @@ def test_trainer_restore_refuses_the_payload(planted: tuple[Path, Path]) -> None
     """The path a Trainer's ``fit(ckpt_path=...)`` reads through."""
     path, marker = planted
     with pytest.raises(CheckpointError, match="refused to load"):
-        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=True)
     assert not marker.exists()
 
 

@@ -21,7 +21,6 @@ import gzip
 import hashlib
 import io
 import json
-import logging
 import os
 import re
 import runpy
@@ -684,7 +683,7 @@ def test_check_resumable_refuses_a_different_optimizer_setting(first_run: Path) 
     cfg = compose_config(["optim.lr=1e-5"])
     model = OmegaConf.to_container(cfg.model, resolve=True)
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    trained_lr = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"][
+    trained_lr = torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"][
         "optim"
     ]["lr"]
     assert trained_lr == compose_config().optim.lr  # the first run used the default
@@ -983,17 +982,11 @@ def _train_py(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setattr(sys, "argv", ["train.py", *argv])
     capsys.readouterr()
-    # Hydra points the loggers' handlers at this test's captured stderr: put them back after
-    loggers = [logging.getLogger(), logging.getLogger("hydra")]
-    saved = [(lg.handlers[:], lg.level) for lg in loggers]
-    try:
+    try:  # (conftest's autouse fixture puts the loggers Hydra configures back afterwards)
         with pytest.raises(SystemExit) as exc:
             runpy.run_path(str(REPO / "train.py"), run_name="__main__")
     finally:
         GlobalHydra.instance().clear()
-        for lg, (handlers, level) in zip(loggers, saved, strict=True):
-            lg.handlers[:] = handlers
-            lg.setLevel(level)
     return exc.value.code, capsys.readouterr().err
 
 

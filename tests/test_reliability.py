@@ -63,7 +63,7 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(uninterrupted, tmp_pa
     with pytest.raises(RuntimeError, match="simulated crash at step 20"):
         train(compose_config([*RUN, *crash], output_dir=run_dir))
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 16
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 16
     train(compose_config([*RUN, f"ckpt_path={last}"], output_dir=run_dir))
     resumed = _metrics(run_dir)
     for key in METRICS:
@@ -86,7 +86,7 @@ def test_kill_9_in_the_middle_of_an_epoch_then_resume(uninterrupted, tmp_path: P
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if last.exists() and torch.load(last, weights_only=False)["global_step"] >= 8:
+        if last.exists() and torch.load(last, weights_only=True)["global_step"] >= 8:
             break
         time.sleep(0.2)
     time.sleep(0.7)  # a few steps into the next epoch

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import gzip
 import io
+import json
 import math
 import os
 import random
@@ -36,6 +37,7 @@ from torch import Tensor
 from vae import plots, visualize
 from vae.callbacks import LatentVisualizer
 from vae.data import MNISTDataModule
+from vae.environment import format_environment
 from vae.module import VAEModule
 from vae.training import build_module, train
 from vae.visualize import FIGURES, FigureOptions, render_figures, to_images
@@ -402,8 +404,13 @@ def test_cli_redraws_the_run_pngs_from_last_ckpt(
 ) -> None:
     out = tmp_path / "replot"
     assert visualize.main([str(tiny_run), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out.split()
+    captured = capsys.readouterr()
+    printed = captured.out.split()
     assert sorted(printed) == sorted(str(out / f"{name}.png") for name in FIGURES)
+    # the environment the run's numbers were measured in, as metrics.json records it
+    env = json.loads((tiny_run / "metrics.json").read_text())["environment"]
+    assert captured.err.splitlines()[-1] == f"run measured on: {format_environment(env)}"
+    assert f"torch {torch.__version__}" in captured.err
     for name, (width, height) in EXPECTED_PX.items():
         redrawn = _rgb(out / f"{name}.png")
         assert redrawn.shape == (height, width, 3), name

@@ -158,7 +158,6 @@ TRAIN_HINTS = DataHints(
     "directory holding {raw}",
 )
 
-_IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST uses
 NUM_TRAIN = 60_000
 
 #: the ``data`` config keys (the data module's arguments) → what each allows; checked once, when
@@ -201,20 +200,15 @@ def _decompress(path: Path, raw: bytes, hints: DataHints) -> bytes:
 
 
 def read_idx(
-    path: str | os.PathLike[str],
-    *,
-    sha256: str | None = None,
-    ndim: int | None = None,
-    hints: DataHints = TRAIN_HINTS,
+    path: str | os.PathLike[str], *, sha256: str, hints: DataHints = TRAIN_HINTS
 ) -> torch.Tensor:
     """Read an IDX file of unsigned bytes (gzip-compressed or not) into a uint8 tensor.
 
-    Gzip is recognised by its magic bytes, whatever the file name. With ``sha256`` the decompressed
-    payload must have that SHA-256, which also vouches for its header and length. Without one, the
-    header is checked instead: the magic number, ``ndim`` dimensions if given, and a payload of the
-    declared size. Any mismatch raises ``DatasetError`` naming the file and what was expected
-    versus found, as does a path that is no readable file (:func:`_present`); each message ends
-    with the fix, as ``hints`` spells it.
+    Gzip is recognised by its magic bytes, whatever the file name. The decompressed payload must
+    have the SHA-256 ``sha256``, which vouches for its header, shape and length too (so there is no
+    separate header check). A mismatch raises ``DatasetError`` naming the file and the two
+    checksums, as does a path that is no readable file (:func:`_present`); each message ends with
+    the fix, as ``hints`` spells it.
     """
     path = Path(path)
     try:
@@ -224,56 +218,16 @@ def read_idx(
             raise DatasetError(f"{path}: no such file; {hints.refetch}.") from None
         raise DatasetError(f"{path}: cannot read ({err.strerror}); {hints.refetch}.") from None
     data = _decompress(path, raw, hints) if raw[:2] == b"\x1f\x8b" else raw
-
-    if sha256 is not None:
-        found = hashlib.sha256(data).hexdigest()
-        if found != sha256:
-            raise DatasetError(
-                f"{path}: SHA-256 of the IDX payload is {found}, expected {sha256}: the file is "
-                f"corrupt or not the published one: {hints.refetch}."
-            )
-
-    if sha256 is None:
-        _check_idx_header(path, data, ndim=ndim, hints=hints)
-    nd = data[3]
-    header = 4 + 4 * nd
+    found = hashlib.sha256(data).hexdigest()
+    if found != sha256:
+        raise DatasetError(
+            f"{path}: SHA-256 of the IDX payload is {found}, expected {sha256}: the file is "
+            f"corrupt or not the published one: {hints.refetch}."
+        )
+    nd = data[3]  # magic 0x000008NN: unsigned bytes, NN dimensions, then NN big-endian sizes
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd))
-    count = 1
-    for size in shape:
-        count *= size
     writable = bytearray(data)  # torch.frombuffer wants writable memory
-    return torch.frombuffer(writable, dtype=torch.uint8, offset=header, count=count).view(shape)
-
-
-def _check_idx_header(path: Path, data: bytes, *, ndim: int | None, hints: DataHints) -> None:
-    """What a payload with no known checksum must satisfy to be read as an IDX file."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE:
-        found = data[:4].hex() if data else "(empty file)"
-        raise DatasetError(
-            f"{path}: not an IDX file of unsigned bytes: magic number 0x{found}, "
-            f"expected 0x000008NN (NN = number of dimensions): {hints.refetch}."
-        )
-    nd = data[3]
-    if ndim is not None and nd != ndim:
-        raise DatasetError(
-            f"{path}: wrong IDX header: magic number 0x{data[:4].hex()} declares {nd} "
-            f"dimension(s), expected 0x{bytes([0, 0, _IDX_UBYTE, ndim]).hex()} "
-            f"({ndim} dimension(s))."
-        )
-    header = 4 + 4 * nd
-    if len(data) < header:
-        raise DatasetError(f"{path}: truncated IDX header ({len(data)} bytes).")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd))
-    expected = 1
-    for size in shape:
-        expected *= size
-    found_len = len(data) - header
-    if found_len != expected:
-        what = "truncated" if found_len < expected else "oversized"
-        raise DatasetError(
-            f"{path}: {what} IDX payload: the header declares shape {shape}, i.e. "
-            f"{expected:,} bytes of data, found {found_len:,}."
-        )
+    return torch.frombuffer(writable, dtype=torch.uint8, offset=4 + 4 * nd).view(shape)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ Figures (all from the **test** split, posterior means E[z | x] for the scatter):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -43,6 +45,7 @@ from torchvision.utils import make_grid
 from vae import plots
 from vae.data import DataHints
 from vae.diskspace import disk_full_is_one_line
+from vae.environment import format_environment
 from vae.errors import CheckpointError, ConfigError, UserError
 from vae.rules import int_at_least, one_of, optional
 
@@ -388,6 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for path in paths:
         print(path)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a run without the record
+        env = json.loads((run_dir / "metrics.json").read_text())["environment"]
+        print(f"run measured on: {format_environment(env)}", file=sys.stderr)
     return 0
 
 
