@@ -25,6 +25,7 @@ from vae.checkpointing import AtomicCheckpointIO, check_resumable
 from vae.config import validate_config
 from vae.errors import ConfigError, UserError
 from vae.module import VAEModule
+from vae.report import log_hparams, print_summary, silence_known_noise, written_figures
 
 
 def _ensure_writable(directory: Path) -> None:
@@ -111,6 +112,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Writes into ``cfg.paths.output_dir``: ``config.yaml`` (the composed config), ``tensorboard/``,
     ``checkpoints/`` (``last.ckpt`` and the best by ``val/loss``) and ``metrics.json``.
     """
+    silence_known_noise()
     validate_config(cfg)
     datamodule = _instantiate(cfg.data)  # checks the data.* keys (vae.data.DATA_RULES)
     if cfg.get("ckpt_path"):
@@ -166,11 +168,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
         }
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        for logger in trainer.loggers:  # the logger flattens the nested config itself
-            hparams = OmegaConf.to_container(cfg, resolve=True)
-            logger.log_hyperparams(hparams, metrics={f"hparams/{k}": v for k, v in metrics.items()})
+        for logger in trainer.loggers:
+            log_hparams(logger, cfg, metrics)  # the curated config with the final metrics
             logger.finalize("success")
-        print(f"Run directory: {output_dir.resolve()}")
+        print_summary(cfg, metrics, output_dir, written_figures(trainer.callbacks))
     return metrics
 
 
