@@ -54,9 +54,9 @@ HPARAM_METRICS: tuple[str, ...] = (
 SHOWN_FIRST: tuple[str, ...] = (
     "model.latent_dim",
     "model.architecture",
-    "model.likelihood",
     "model.beta",
     "optim.lr",
+    "data.dataset",
 )
 
 
