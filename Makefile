@@ -26,7 +26,7 @@ install: $(STAMP)  ## create .venv and install the package with its train and de
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v 'is ignored' || true
-	@set -o pipefail; $(BIN)/python -m pip install --quiet $(CONSTRAINTS) --editable '.[$(EXTRAS)]' \
+	@set -o pipefail; PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet $(CONSTRAINTS) --editable '.[$(EXTRAS)]' \
 		2>&1 | { grep -v -e 'is ignored: it is neither' || true; }
 	@rm -f $(VENV)/.installed*
 	@touch $(STAMP)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import CONFIG_DIR, compose_config
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from vae.callbacks import EpochTimer, LatentVisualizer
+from vae.callbacks import EpochTimer, LatentVisualizer, RoundedProgressBar
 from vae.config import validate_config
 from vae.data import MNISTDataModule
 from vae.training import _instantiate_all, build_module
@@ -100,7 +100,7 @@ def test_callbacks_and_logger_instantiate(tmp_path: Path) -> None:
         ModelCheckpoint,
         LatentVisualizer,
         EpochTimer,
-        TQDMProgressBar,
+        RoundedProgressBar,
     }
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert checkpoint.monitor == "val/loss"

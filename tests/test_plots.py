@@ -152,6 +152,48 @@ def test_latent_scatter_2d_points_colours_legend_and_labels() -> None:
     assert "PCA" not in ax.get_title()
 
 
+FASHION_NAMES = (  # torchvision's FashionMNIST.classes, written out
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+
+def _extent(fig: Figure, artist: object) -> object:
+    """The artist's drawn box in figure fractions (after a real Agg draw)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return artist.get_window_extent(canvas.get_renderer()).transformed(fig.transFigure.inverted())
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_fashion_legend_says_class_and_shows_every_name_in_full(d: int) -> None:
+    z, labels = labelled_points(n=300, d=d)
+    fig = plots.latent_scatter(z, labels, class_names=FASHION_NAMES)
+    (legend,) = fig.legends
+    assert legend.get_title().get_text() == "class"
+    assert tuple(t.get_text() for t in legend.get_texts()) == FASHION_NAMES
+    box = _extent(fig, legend)
+    assert box.x0 >= 0.0, box
+    assert box.x1 <= 1.0, box  # nothing cut at the figure's edge
+    axes = _extent(fig, fig.axes[0].patch)
+    assert axes.x1 < box.x0  # the axes end before the legend starts
+    ticks = _extent(fig, fig.axes[0].yaxis)  # the class names of the strip plot (d = 1)
+    assert ticks.x0 >= 0.0, ticks
+    if d == 1:
+        shown = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert shown == list(FASHION_NAMES)
+
+
+def test_digit_legend_keeps_its_title_and_layout() -> None:
+    z, labels = labelled_points(n=300)
+    fig = plots.latent_scatter(z, labels)
+    assert fig.legends[0].get_title().get_text() == "digit"
+    np.testing.assert_allclose(fig.axes[0].get_position().bounds, plots.SCATTER_AXES)
+    assert _extent(fig, fig.legends[0]).x1 <= 1.0
+
+
 def test_latent_scatter_subsample_is_seeded() -> None:
     z, labels = labelled_points(n=500)
     fig_a = plots.latent_scatter(z, labels, max_points=60, seed=3)

@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -69,6 +70,7 @@ class LatentVisualizer(L.Callback):
         self.projector_points = projector_points
         self.options = FigureOptions(**figure_options)
         self._logged_step: int | None = None  # global_step of the last images/ logged this fit
+        self.png_paths: list[Path] = []  # the PNGs written at the end of the last fit
 
     # ---- data ------------------------------------------------------------------------------------
     def _test_split(self, trainer: L.Trainer) -> tuple[Tensor, Tensor, tuple[str, ...]] | None:
@@ -131,7 +133,7 @@ class LatentVisualizer(L.Callback):
             return
         if self._logged_step != trainer.global_step:
             self._log_images(trainer, images)
-        write_pngs(images, Path(self.png_dir or trainer.default_root_dir))
+        self.png_paths = write_pngs(images, Path(self.png_dir or trainer.default_root_dir))
         writer = self._tensorboard(trainer)
         if self.projector and writer is not None:
             self._write_projector(trainer, pl_module, writer)
@@ -200,3 +202,17 @@ class EpochTimer(L.Callback):
             record = {"epoch": trainer.current_epoch, "seconds": seconds, "images": self._images}
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+class RoundedProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, with every float metric shown to two decimals (``loss=143.27``).
+
+    tqdm's own format keeps three significant digits (``196.0``), which hides the changes of a
+    loss in nats per image; the logged values are untouched.
+    """
+
+    def get_metrics(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)
+        return {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in items.items()}

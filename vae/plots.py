@@ -38,8 +38,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
@@ -71,6 +73,7 @@ MANIFOLD_FIGSIZE = (6.0, 6.0)  # inches → 600 × 600 px at DPI
 # axes rectangles (left, bottom, width, height in figure fractions) of the fixed layouts
 SCATTER_AXES = (0.09, 0.08, 0.72, 0.84)
 SCATTER_LEGEND_AT = (0.83, 0.92)  # the legend's upper-left corner, right of the axes
+SCATTER_MARGIN = 0.01  # room kept right of a legend that needs more than the default place
 MANIFOLD_AXES = (0.13, 0.12, 0.83, 0.81)
 GRID_PADDING = 2
 GRID_PAD_VALUE = 1.0  # white
@@ -208,7 +211,7 @@ def latent_scatter(
     labels: ArrayLike,
     *,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-    legend_title: str = "digit",
+    legend_title: str | None = None,
     title: str | None = None,
     max_points: int | None = None,
     seed: int = 0,
@@ -223,6 +226,9 @@ def latent_scatter(
     Class ``k`` gets colour ``k`` of 'tab10' ('tab20' beyond 10 classes) and a legend entry
     ``class_names[k]`` (one per class, in order, opaque markers even though points are drawn with
     ``alpha``, titled ``legend_title``, outside the axes on the right: ``fig.legends[0]``).
+    ``legend_title`` defaults to "digit" for the digit names "0" … "9" and "class" otherwise.
+    Names are shown in full: a legend wider than its place right of the axes (Fashion-MNIST's
+    "T-shirt/top", "Ankle boot") moves left to end at the figure's edge, and the axes narrow.
     ``title`` defaults to "Posterior means in latent space"; a line is added to it for a PCA
     projection and another ("m of N points shown") when subsampled.
 
@@ -301,10 +307,37 @@ def latent_scatter(
         Line2D([], [], marker="o", linestyle="none", markersize=7, color=palette[k], label=name)
         for k, name in enumerate(class_names)
     ]
-    fig.legend(
+    if legend_title is None:
+        legend_title = "digit" if tuple(class_names) == DEFAULT_CLASS_NAMES else "class"
+    legend = fig.legend(
         handles=handles, loc="upper left", bbox_to_anchor=SCATTER_LEGEND_AT, title=legend_title
     )
+    _fit_legend(fig, ax, legend)
     return fig
+
+
+def _fit_legend(fig: Figure, ax: Axes, legend: Legend) -> None:
+    """Keep the scatter's legend and tick labels inside the figure, whatever the class names.
+
+    Both are measured (Agg, at the figure's dpi). A legend whose right edge would pass
+    ``1 − SCATTER_MARGIN`` (figure fraction) is moved left to end there and the axes narrow to
+    keep the default gap before it; y tick labels (the class names of a 1-D latent's strip plot)
+    that would start left of ``SCATTER_MARGIN`` move the axes' left edge right by the excess.
+    """
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    to_fraction = fig.transFigure.inverted()  # pixels → figure fractions
+    left, bottom, width, height = SCATTER_AXES
+    right = left + width
+    box = legend.get_window_extent(renderer).transformed(to_fraction)
+    if box.x1 > 1.0 - SCATTER_MARGIN:
+        x0 = 1.0 - SCATTER_MARGIN - box.width
+        legend.set_bbox_to_anchor((x0, SCATTER_LEGEND_AT[1]))
+        right = x0 - (SCATTER_LEGEND_AT[0] - right)
+    labels = ax.get_tightbbox(renderer).transformed(to_fraction)
+    if labels.x0 < SCATTER_MARGIN:
+        left += SCATTER_MARGIN - labels.x0
+    if (left, right) != (SCATTER_AXES[0], SCATTER_AXES[0] + SCATTER_AXES[2]):
+        ax.set_position((left, bottom, right - left, height))
 
 
 # ---- 2-D manifold --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from vae.environment import collect_environment, environment_markdown
 from vae.errors import ConfigError, RunInterrupted, UserError
 from vae.module import VAEModule
 from vae.preemption import Preemption
+from vae.report import log_hparams, print_summary, silence_known_noise, written_figures
 
 
 def _ensure_writable(directory: Path) -> None:
@@ -228,6 +229,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ``checkpoints/`` (``last.ckpt`` and the best by ``val/loss``) and ``metrics.json``. SIGTERM or
     SIGINT save ``checkpoints/last.ckpt`` at the current step and raise :class:`RunInterrupted`.
     """
+    silence_known_noise()
     validate_config(cfg)
     datamodule = _instantiate(cfg.data)  # checks the data.* keys (vae.data.DATA_RULES)
     output_dir = Path(cfg.paths.output_dir).absolute()
@@ -319,15 +321,14 @@ def _fit_and_test(
             ),
         }
         _write_metrics(output_dir / "metrics.json", summary, resumed_from=ckpt_path)
-        for logger in trainer.loggers:  # the logger flattens the nested config itself
-            hparams = OmegaConf.to_container(cfg, resolve=True)
-            logger.log_hyperparams(hparams, metrics={f"hparams/{k}": v for k, v in metrics.items()})
+        for logger in trainer.loggers:
+            log_hparams(logger, cfg, metrics)  # the curated config with the final metrics
             if hasattr(logger.experiment, "add_text"):  # TensorBoard's text tab
                 logger.experiment.add_text(
                     "environment", environment_markdown(summary["environment"])
                 )
             logger.finalize("success")
-        print(f"Run directory: {output_dir.resolve()}")
+        print_summary(cfg, metrics, output_dir, written_figures(trainer.callbacks))
     return metrics
 
 

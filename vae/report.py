@@ -1,0 +1,245 @@
+"""What a run tells its user: the curated TensorBoard HParams, the closing summary, no known noise.
+
+* :func:`curated_hparams` / :func:`log_hparams`: the few hyper-parameters that tell a sweep's runs
+  apart (:data:`CURATED_KEYS`), written with the final metrics (:data:`HPARAM_METRICS`) as
+  TensorBoard's HParams plugin data, and nothing else: no scalar is written, because the plugin
+  reads each metric's value from the scalar the module already logged under the same tag.
+* :func:`summary_table`: what ``python train.py`` prints at the end (test metrics in nats per
+  image, the run directory, the figures).
+* :func:`silence_known_noise`: drop the warnings and Lightning messages that are known to be
+  harmless, each matched narrowly (by message, and by module or logger).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+#: the config keys shown in TensorBoard's HParams table (the override names, so a row can be rerun)
+CURATED_KEYS: tuple[str, ...] = (
+    "model.latent_dim",
+    "model.architecture",
+    "model.hidden_dims",
+    "model.likelihood",
+    "model.beta",
+    "model.free_bits",
+    "model.norm",
+    "optim.lr",
+    "optim.scheduler",
+    "data.dataset",
+    "data.binarize",
+    "data.batch_size",
+    "seed",
+    "trainer.max_epochs",
+)
+
+#: the metric columns of the HParams table: scalar tags the module logs (last value shown)
+HPARAM_METRICS: tuple[str, ...] = (
+    "test/loss",
+    "test/recon",
+    "test/kl",
+    "test/nll_iw",
+    "test/active_units",
+    "val/loss",
+)
+
+#: the HParams columns displayed when the dashboard opens (TensorBoard shows five, the rest are
+#: listed to tick): those marked ``differs``, the only display hint its Experiment proto carries
+SHOWN_FIRST: tuple[str, ...] = (
+    "model.latent_dim",
+    "model.architecture",
+    "model.beta",
+    "optim.lr",
+    "data.dataset",
+)
+
+
+def _hparam_value(value: Any) -> str | None:
+    """The value as the config writes it, as a string: TensorBoard shows a number with five
+    significant digits (latent_dim 2 as 2.0000, lr as 0.0030000, a bool as 0.0000 or 1.0000),
+    a string as it is. bool → "true"/"false", list → "[512, 256]", float → ``f"{v:g}"``
+    (3e-3 → "0.003"), None → left out (an empty cell)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def curated_hparams(cfg: DictConfig) -> dict[str, str]:
+    """``{key: value}`` for each of :data:`CURATED_KEYS` in the composed config that is set.
+
+    Keys are the dotted config paths (``model.latent_dim``); values are strings as the config
+    writes them (:func:`_hparam_value`; TensorBoard then filters a column by regex and sorts it as
+    text); unset (``null``) or missing keys are left out.
+    """
+    out: dict[str, str] = {}
+    for key in CURATED_KEYS:
+        value = _hparam_value(OmegaConf.select(cfg, key, default=None))
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def log_hparams(logger: Any, cfg: DictConfig, metrics: Mapping[str, float]) -> None:
+    """Record the run's :func:`curated_hparams` with the final metrics in ``logger``.
+
+    TensorBoard: the three HParams summaries (experiment, session start and end) with the metrics
+    of :data:`HPARAM_METRICS` found in ``metrics``, written to the logger's directory by a
+    FileWriter of our own; unlike ``TensorBoardLogger.log_hyperparams(params, metrics=...)``, no
+    metric is written again as a scalar (each would be a one-point card in Time Series). Other
+    loggers get the curated dict through ``log_hyperparams``.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    params = curated_hparams(cfg)
+    if not isinstance(logger, TensorBoardLogger):
+        logger.log_hyperparams(params)
+        return
+    from torch.utils.tensorboard.summary import hparams
+    from torch.utils.tensorboard.writer import FileWriter
+
+    shown = {k: float(metrics[k]) for k in HPARAM_METRICS if k in metrics}
+    experiment, start, end = hparams(params, shown)
+    _mark_shown_first(experiment)
+    writer = FileWriter(logger.log_dir)
+    try:
+        for summary in (experiment, start, end):
+            writer.add_summary(summary)
+    finally:
+        writer.close()
+
+
+def _mark_shown_first(experiment: Any) -> None:
+    """Set ``differs`` on the :data:`SHOWN_FIRST` hparams of an experiment ``Summary`` in place:
+    TensorBoard sorts the columns by (not differs, name) and displays the first five."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    plugin_data = experiment.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in SHOWN_FIRST
+    plugin_data.content = data.SerializeToString()
+
+
+def written_figures(callbacks: Iterable[Any]) -> list[Path]:
+    """The PNGs the figure callbacks wrote (``LatentVisualizer.png_paths``), in order."""
+    return [Path(p) for c in callbacks for p in getattr(c, "png_paths", ())]
+
+
+#: the rows of :func:`summary_table`: label, metric name (after ``<stage>/``), format
+_SUMMARY_ROWS = (
+    ("−ELBO", "loss", "{:.2f}"),
+    ("reconstruction", "recon", "{:.2f}"),
+    ("KL", "kl", "{:.2f}"),
+    ("IW bound", "nll_iw", "{:.2f}"),
+    ("active units", "active_units", "{:.0f}"),
+)
+
+
+def summary_table(
+    metrics: Mapping[str, float],
+    run_dir: str | Path,
+    figures: Sequence[str | Path] = (),
+    *,
+    iw_samples: int | None = None,
+    latent_dim: int | None = None,
+) -> str:
+    """The closing lines of a run: its final metrics, run directory and figures.
+
+    Shows the test metrics (the validation ones when the run was not tested): −ELBO, recon and KL
+    in nats per image to 2 decimals (``metrics.json`` holds them unrounded), the
+    importance-weighted bound with ``iw_samples`` samples and the active units (of
+    ``latent_dim``), each followed by its tag. Figures inside ``run_dir`` are listed by name.
+    """
+    run_dir = Path(run_dir).resolve()
+    stage = "test" if "test/loss" in metrics else "val"
+    images = metrics.get(f"{stage}/num_images")
+    count = f", {int(images):,} images" if images is not None else ""
+    rows = []
+    for label, name, fmt in _SUMMARY_ROWS:
+        tag = f"{stage}/{name}"
+        if tag not in metrics:
+            continue
+        if name == "nll_iw" and iw_samples:
+            label = f"{label} (K={iw_samples})"
+        if name == "active_units" and latent_dim is not None:
+            label = f"{label} (of {latent_dim})"
+        rows.append((label, fmt.format(metrics[f"{stage}/{name}"]), tag))
+    lines = [f"{'Test' if stage == 'test' else 'Validation'} set (nats per image{count}):"]
+    width = max((len(label) for label, _, _ in rows), default=0)
+    digits = max((len(value) for _, value, _ in rows), default=0)
+    lines += [f"  {label:<{width}}  {value:>{digits}}   {tag}" for label, value, tag in rows]
+    lines.append(f"Run directory: {run_dir}")
+    if figures:
+        paths = [Path(f).resolve() for f in figures]
+        if all(p.parent == run_dir for p in paths):
+            lines.append("Figures: " + ", ".join(p.name for p in paths) + " (in the run directory)")
+        else:
+            lines.append("Figures: " + ", ".join(str(p) for p in paths))
+    return "\n".join(lines)
+
+
+def print_summary(
+    cfg: DictConfig, metrics: Mapping[str, float], run_dir: Path, figures: Sequence[Path]
+) -> None:
+    """Print :func:`summary_table` on stdout, and log it to ``vae.report`` (under Hydra the job
+    logging config sends that logger to the run's ``train.log`` only)."""
+    table = summary_table(
+        metrics,
+        run_dir,
+        figures,
+        iw_samples=OmegaConf.select(cfg, "eval.iw_samples", default=None),
+        latent_dim=OmegaConf.select(cfg, "model.latent_dim", default=None),
+    )
+    print(table)
+    logging.getLogger("vae.report").info(table)
+
+
+# ---- known noise ---------------------------------------------------------------------------------
+# Lightning's info lines that say nothing about this run: the advertising tips (litlogger,
+# litmodels), "TPU available: False" (the GPU line stays: it says whether a GPU was used) and the
+# internal "Loading `train_dataloader` to estimate ..." (the cosine schedule asks for the step count)
+_LIGHTNING_NOISE = re.compile(
+    r"💡 Tip: |TPU available: False, using: 0 TPU cores$"
+    r"|Loading `train_dataloader` to estimate number of stepping batches\.$"
+)
+_LIGHTNING_INFO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+
+class _DropLightningNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _LIGHTNING_NOISE.match(record.getMessage())
+
+
+def silence_known_noise() -> None:
+    """Filter the known-harmless warnings and Lightning messages (idempotent).
+
+    * ``FutureWarning: `isinstance(treespec, LeafSpec)` is deprecated`` from
+      ``lightning.pytorch.utilities._pytree``: Lightning 2.6 still builds torch's deprecated
+      ``LeafSpec`` (torch ≥ 2.9) at every fit and test; nothing for a user to do.
+    * the Lightning info lines of :data:`_LIGHTNING_NOISE`, on Lightning's rank-zero loggers.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    for name in _LIGHTNING_INFO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
+            logger.addFilter(_DropLightningNoise())
