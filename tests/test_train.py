@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vae.config import ConfigError
@@ -231,3 +232,22 @@ def test_fresh_weights_start_at_the_mean_image_trained_ones_keep_their_bias(
     trained = loaded.vae.decoder.net[-1].bias.detach().clone()
     assert not torch.allclose(trained, expected, atol=1e-3)
     torch.testing.assert_close(_bias_at_fit_start(loaded, cfg), trained, rtol=0, atol=0)
+
+
+def test_relative_paths_are_recorded_absolute(
+    make_cfg, mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative ``data.root`` / ``paths.log_dir`` means relative to where the command started;
+    ``config.yaml`` and the checkpoint store them absolute, so both work from anywhere."""
+    start = tmp_path / "start"
+    (start / "data").mkdir(parents=True)
+    (start / "data" / "MNIST").symlink_to((mnist_root / "MNIST").absolute())
+    monkeypatch.chdir(start)
+    cfg = make_cfg("data.root=data", "paths.log_dir=logs", "test=false", "~callbacks.visualize")
+    train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    recorded = OmegaConf.load(run_dir / "config.yaml")
+    assert recorded.data.root == str(start / "data")
+    assert recorded.paths.log_dir == str(start / "logs")
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["datamodule_hyper_parameters"]["root"] == str(start / "data")

@@ -25,7 +25,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae.checkpointing import AtomicCheckpointIO, check_resumable, remove_stale_temp_files
 from vae.config import validate_config
@@ -247,6 +247,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return _fit_and_test(cfg, datamodule, output_dir, ckpt_path)
 
 
+def _as_recorded(cfg: DictConfig, *, data_root: str, output_dir: Path, ckpt: Path | None) -> str:
+    """``config.yaml``: the resolved config with every path absolute (a relative path the user
+    typed is relative to where the command started), so it means the same from anywhere."""
+    recorded = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(recorded):
+        recorded.data.root = data_root
+        recorded.paths.output_dir = str(output_dir)
+        recorded.paths.log_dir = str(Path(recorded.paths.log_dir).expanduser().absolute())
+        recorded.ckpt_path = None if ckpt is None else str(ckpt)
+    return OmegaConf.to_yaml(recorded)
+
+
 def _fit_and_test(
     cfg: DictConfig, datamodule: Any, output_dir: Path, ckpt_path: Path | None
 ) -> dict[str, float]:
@@ -279,7 +291,10 @@ def _fit_and_test(
         # probe NVML again (~0.1 ms; Adam asks at every step): on a CPU run ask the runtime once
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
     if trainer.is_global_zero:
-        _write_config(output_dir, OmegaConf.to_yaml(cfg, resolve=True))
+        text = _as_recorded(
+            cfg, data_root=datamodule.hparams["root"], output_dir=output_dir, ckpt=ckpt_path
+        )
+        _write_config(output_dir, text)
 
     try:
         with preemption.installed():
