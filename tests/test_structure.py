@@ -63,7 +63,7 @@ def test_nothing_loads_with_weights_only_false() -> None:
         f"{p.name}:{i}"
         for p in PACKAGE.rglob("*.py")
         for i, line in enumerate(p.read_text().splitlines(), 1)
-        if "weights_only=True" in line.replace(" ", "")
+        if "weights_only=False" in line.replace(" ", "")
     ]
     assert offenders == []
 
