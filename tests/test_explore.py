@@ -717,6 +717,37 @@ def test_callback_can_be_turned_off(tmp_path: Path) -> None:
         ExplorerWriter(precision="bfloat16")
 
 
+def test_callback_rewrites_only_the_numbers_while_the_weights_are_the_same(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from vae.callbacks import ExplorerWriter
+    from vae.data import to_float
+
+    images = (_synthetic_images(30) * 255).round().to(torch.uint8)
+    dm = SimpleNamespace(
+        test_dataset=SimpleNamespace(images=images, labels=torch.arange(30) % 10),
+        to_float=to_float,
+        class_names=DIGITS,
+        hparams={"dataset": "mnist"},
+    )
+    trainer = SimpleNamespace(
+        is_global_zero=True, default_root_dir=str(tmp_path), datamodule=dm, callback_metrics={}
+    )
+    module, writer = make_module(), ExplorerWriter()
+    trainer.callback_metrics = {"val/loss": torch.tensor(150.0)}
+    first = _payload(writer._write(trainer, module).read_text())
+    trainer.callback_metrics = {"test/loss": torch.tensor(140.0)}
+    second = _payload(writer._write(trainer, module).read_text())
+    assert first["metrics"] == [["val −ELBO", "150.00 nats"]]
+    assert second["metrics"] == [["test −ELBO", "140.00 nats"]]
+    assert second["points"] == first["points"]
+    with torch.no_grad():
+        module.vae.decoder.net[0].bias += 1.0  # new weights: the page is rebuilt from them
+    third = _payload(writer._write(trainer, module).read_text())
+    assert third["model"]["weights"] != second["model"]["weights"]
+    assert third["model"] == explore.model_payload(module)
+
+
 def test_cli_writes_the_page_of_a_checkpoint_and_serves_it(tiny_run: tuple, tmp_path: Path) -> None:
     run_dir, sums = tiny_run
     out = tmp_path / "page.html"

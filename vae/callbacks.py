@@ -257,6 +257,9 @@ class ExplorerWriter(L.Callback):
         self.precision = precision
         self.max_points = max_points
         self.seconds = 0.0  # time spent writing pages in this process (reported in the README)
+        # (weights fingerprint, page payload) of the last page: the test-end page reuses the
+        # fit-end one when the weights are the same, and only its numbers change
+        self._cache: tuple[str, dict[str, Any]] | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module)
@@ -267,7 +270,15 @@ class ExplorerWriter(L.Callback):
     def _write(self, trainer: L.Trainer, module: L.LightningModule) -> Path | None:
         if not self.enabled or not trainer.is_global_zero:
             return None
-        from vae.explore import FILENAME, build_html, config_summary, write_page
+        from vae.explore import (
+            FILENAME,
+            config_summary,
+            metric_rows,
+            page_payload,
+            render_html,
+            weights_fingerprint,
+            write_page,
+        )
 
         start = time.perf_counter()
         dm = trainer.datamodule
@@ -282,16 +293,23 @@ class ExplorerWriter(L.Callback):
             for k, v in trainer.callback_metrics.items()
             if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)
         }
-        html = build_html(
-            module,
-            images=dm.to_float(ds.images),
-            labels=ds.labels,
-            class_names=tuple(dm.class_names),
-            metrics=metrics,
-            config=config_summary(module, dict(dm.hparams)),
-            precision=self.precision,
-            max_points=self.max_points,
-        )
+        fingerprint = weights_fingerprint(module)
+        if self._cache is not None and self._cache[0] == fingerprint:
+            payload = self._cache[1]  # same weights as the last page (fit end → test end)
+            payload["metrics"] = metric_rows(metrics)
+        else:
+            payload = page_payload(
+                module,
+                images=dm.to_float(ds.images),
+                labels=ds.labels,
+                class_names=tuple(dm.class_names),
+                metrics=metrics,
+                config=config_summary(module, dict(dm.hparams)),
+                precision=self.precision,
+                max_points=self.max_points,
+            )
+            self._cache = (fingerprint, payload)
+        html = render_html(payload)
         path = write_page(Path(self.path or Path(trainer.default_root_dir) / FILENAME), html)
         self.seconds += time.perf_counter() - start
         return path

@@ -26,6 +26,7 @@ import argparse
 import base64
 import contextlib
 import gzip
+import hashlib
 import http.server
 import json
 import math
@@ -394,7 +395,7 @@ def _script_safe(text: str) -> str:
     return text
 
 
-def build_html(
+def page_payload(
     module: Any,
     *,
     images: Tensor,
@@ -404,15 +405,8 @@ def build_html(
     config: Mapping[str, str] | None = None,
     precision: str = DEFAULT_PRECISION,
     max_points: int | None = None,
-    title: str | None = None,
-) -> str:
-    """The explorer page of ``module`` (a :class:`vae.module.VAEModule`) as one HTML string.
-
-    ``images`` float ``(N, C, H, W)`` in [0, 1] (the test split as the model sees it), ``labels``
-    ``(N,)`` class indices into ``class_names``; ``metrics`` e.g. ``{"test/loss": …}`` (nats per
-    image); ``config`` the corner's summary (default :func:`config_summary`); ``precision`` of the
-    embedded weights (:data:`PRECISIONS`); ``max_points`` subsamples the test points (seeded).
-    """
+) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data (see :func:`build_html` for the arguments)."""
     if images.ndim != 4 or images.shape[0] != labels.shape[0] or images.shape[0] < 2:
         raise ExplorerError(
             f"need images (N, C, H, W) with N ≥ 2 and N labels, got {tuple(images.shape)} "
@@ -423,7 +417,7 @@ def build_html(
             f"labels reach {int(labels.max())} but there are only {len(class_names)} class names"
         )
     points, projection = points_payload(module, images, labels, max_points=max_points)
-    payload = {
+    return {
         "version": 1,
         "model": model_payload(module, precision=precision),
         "points": points,
@@ -431,19 +425,64 @@ def build_html(
         "class_names": list(class_names),
         "metrics": metric_rows(metrics),
         "config": [[k, v] for k, v in (config or config_summary(module)).items()],
+        "title": f"VAE latent space: {len(class_names)} classes, latent_dim {module.latent_dim}",
     }
+
+
+def render_html(payload: Mapping[str, Any]) -> str:
+    """The page of a :func:`page_payload`: the template with the scripts and the payload inlined."""
     # "</" cannot end the JSON's <script> element once escaped as "<\/" (still valid JSON)
     text = json.dumps(payload, ensure_ascii=True, separators=(",", ":")).replace("</", "<\\/")
-    title = title or f"VAE latent space: {len(class_names)} classes, latent_dim {module.latent_dim}"
     html = _asset("explorer.html")
     # the payload goes in last, so nothing in it can be mistaken for a placeholder
     for key, value in (
-        ("{{TITLE}}", _escape(title)),
+        ("{{TITLE}}", _escape(str(payload["title"]))),
         ("{{MODEL_JS}}", _script_safe(_asset("model.js"))),
         ("{{EXPLORER_JS}}", _script_safe(_asset("explorer.js"))),
     ):
         html = html.replace(key, value)
     return html.replace("{{PAYLOAD}}", text, 1)
+
+
+def build_html(
+    module: Any,
+    *,
+    images: Tensor,
+    labels: Tensor,
+    class_names: Sequence[str],
+    metrics: Mapping[str, float] | None = None,
+    config: Mapping[str, str] | None = None,
+    precision: str = DEFAULT_PRECISION,
+    max_points: int | None = None,
+) -> str:
+    """The explorer page of ``module`` (a :class:`vae.module.VAEModule`) as one HTML string.
+
+    ``images`` float ``(N, C, H, W)`` in [0, 1] (the test split as the model sees it), ``labels``
+    ``(N,)`` class indices into ``class_names``; ``metrics`` e.g. ``{"test/loss": …}`` (nats per
+    image); ``config`` the corner's summary (default :func:`config_summary`); ``precision`` of the
+    embedded weights (:data:`PRECISIONS`); ``max_points`` subsamples the test points (seeded).
+    """
+    return render_html(
+        page_payload(
+            module,
+            images=images,
+            labels=labels,
+            class_names=class_names,
+            metrics=metrics,
+            config=config,
+            precision=precision,
+            max_points=max_points,
+        )
+    )
+
+
+def weights_fingerprint(module: Any) -> str:
+    """SHA-256 of every tensor of ``module.state_dict()`` (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _escape(text: str) -> str:

@@ -165,9 +165,11 @@
     }
     if (state.cursor) {
       const [x, y] = G.toPx(state.cursor.uv[0], state.cursor.uv[1]);
-      ctx.strokeStyle = "rgba(0,0,0,0.6)"; ctx.lineWidth = 1;
-      ctx.beginPath(); ctx.moveTo(x - 8, y); ctx.lineTo(x + 8, y);
-      ctx.moveTo(x, y - 8); ctx.lineTo(x, y + 8); ctx.stroke();
+      for (const [style, width] of [["#fff", 5], ["#000", 2]]) { // a cross visible on any colour
+        ctx.strokeStyle = style; ctx.lineWidth = width;
+        ctx.beginPath(); ctx.moveTo(x - 12, y); ctx.lineTo(x + 12, y);
+        ctx.moveTo(x, y - 12); ctx.lineTo(x, y + 12); ctx.stroke();
+      }
     }
   }
 
@@ -301,6 +303,7 @@
     state.toPlane = (z) => proj.toPlane(z);
     state.toPx = G.toPx;
     state.xy = (i) => [P.xy[2 * i], P.xy[2 * i + 1]];
+    state.label = (i) => P.labels[i];
     state.image = (i) => Array.from(P.images.subarray(i * nPix, (i + 1) * nPix), (b) => b / 255);
 
     const timedDecode = (z) => {
