@@ -802,16 +802,38 @@ def test_cli_writes_the_page_of_a_checkpoint_and_serves_it(tiny_run: tuple, tmp_
     assert dict(map(tuple, p["metrics"]))["test −ELBO"] == f"{metrics['test/loss']:.2f} nats"
 
 
-@pytest.mark.parametrize("what", ["missing", "not_a_checkpoint"])
+@pytest.mark.parametrize("what", ["missing", "empty_dir", "not_a_checkpoint", "other_dict"])
 def test_cli_bad_target_is_one_error_line_and_exit_2(
     what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "nothing"
-    if what == "not_a_checkpoint":
+    if what == "empty_dir":
+        target = tmp_path
+    elif what == "not_a_checkpoint":
         target = tmp_path / "x.ckpt"
         target.write_bytes(b"not a checkpoint")
+    elif what == "other_dict":
+        target = tmp_path / "weights.pt"
+        torch.save({"weights": torch.zeros(2)}, target)
     assert explore.main([str(target)]) == 2
+    assert not list(tmp_path.glob("*.html"))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("error: ")
     assert str(target) in err[0]
+
+
+def test_cli_missing_data_names_the_flag(
+    tiny_run: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, _ = tiny_run
+    out = tmp_path / "page.html"
+    assert (
+        explore.main([str(run_dir), "--data-root", str(tmp_path / "nowhere"), "--out", str(out)])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("error: ")
+    assert "--data-root" in err[0]
+    assert not out.exists()

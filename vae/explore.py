@@ -13,11 +13,12 @@ the page) and a JSON payload with
 - the projection (the PCA plane through the mean of the posterior means when latent_dim > 2),
   the run's key numbers (nats per image) and a config summary.
 
-Precision (measured by ``tests/test_explore.py`` against ``VAEModule`` in float32): the page
-computes in float64, so with float32 weights it matches torch to ~1e-6 (tested ≤ 1e-4 in pixels
-and in mu, logvar). float16 weights (relative rounding ≤ 2⁻¹¹ per weight) move decoded pixels by
-up to ~1e-2 (tested ≤ 3e-2 on random and trained models; a grey level is 1/255 ≈ 4e-3) and halve
-the page.
+Precision (``tests/test_explore.py``, against ``VAEModule`` in float32): the page computes in
+float64 on the embedded weights, so with float32 weights it matches torch to ~1e-6 (tested ≤ 1e-4
+in pixels and in mu, logvar). float16 weights (each rounded to nearest, relative error ≤ 2⁻¹¹) halve
+the weights' share of the page and move decoded pixels by up to 7e-4 and mu, logvar by up to 6e-4
+on the 3-epoch default model (tested ≤ 2e-3 and ≤ 5e-3 on random models; a grey level is
+1/255 ≈ 4e-3); the float16 page equals torch with float16-rounded weights to ≤ 1e-4.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ METRIC_ROWS = (
     ("active_units", "active units"),
 )
 FILENAME = "explorer.html"
+_PASS = "pass a run directory or a checkpoint written by train.py (<run>/checkpoints/last.ckpt)"
 
 
 class ExplorerError(UserError, ValueError):
@@ -506,10 +508,11 @@ def _load_run(target: Path) -> tuple[Any, dict[str, Any], dict[str, float]]:
     except Exception as err:  # a truncated file, another format, an object that is not plain data
         first = (str(err).strip().splitlines() or [""])[0][:200]
         raise ExplorerError(
-            f"{ckpt}: not a readable checkpoint ({type(err).__name__}: {first})"
+            f"{ckpt}: not a readable checkpoint ({type(err).__name__}: {first}); {_PASS}"
         ) from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint.get("hyper_parameters", {}):
-        raise ExplorerError(f"{ckpt}: not a checkpoint of vae.module.VAEModule")
+    hyper = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hyper, dict) or "model" not in hyper or "state_dict" not in checkpoint:
+        raise ExplorerError(f"{ckpt}: not a checkpoint of vae.module.VAEModule; {_PASS}")
     hparams = dict(checkpoint.get("datamodule_hyper_parameters", {}))
     module = VAEModule.load_from_checkpoint(ckpt, map_location="cpu")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
@@ -594,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="with --serve (default: a free port)")
     args = parser.parse_args(argv)
 
-    from vae.data import MNISTDataModule
+    from vae.data import DatasetError, MNISTDataModule
 
     try:
         module, hparams, metrics = _load_run(args.target)
@@ -615,6 +618,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_points=args.max_points,
         )
         out = write_page(args.out or default_output(args.target), html)
+    except DatasetError as err:
+        print(
+            f"error: {err} Here: pass --data-root DIR (the folder holding MNIST/raw/).",
+            file=sys.stderr,
+        )
+        return 2
     except (UserError, FileNotFoundError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
