@@ -576,6 +576,24 @@ def test_click_a_test_point_shows_its_image_reconstruction_label_and_kl(
     assert sel["index"] == i
 
 
+def test_dragging_decodes_along_the_way_and_selects_nothing(default_page: tuple) -> None:
+    page, module, _, _ = default_page
+    page.js("explorer.selected = null")
+    box = page.box("#plane")
+    page.page.mouse.move(box["x"] + 100, box["y"] + 100)
+    page.page.mouse.down()
+    seen = []
+    for k in range(1, 6):
+        page.page.mouse.move(box["x"] + 100 + 60 * k, box["y"] + 100 + 40 * k)
+        seen.append(page.js("explorer.cursor.z"))
+    page.page.mouse.up()
+    assert len({tuple(z) for z in seen}) == 5  # a new decode at every step of the drag
+    z = torch.tensor([seen[-1]], dtype=torch.float32)
+    expected = _decode_reference(module, z).reshape(28, 28).numpy()
+    assert np.abs(_shown_image(page.canvas("#cursor-img")) - expected).max() <= 0.5 / 255 + 1e-6
+    assert page.js("explorer.selected") is None
+
+
 def test_drawing_is_encoded_in_the_page(default_page: tuple) -> None:
     page, module, _, _ = default_page
     pad = page.box("#pad")

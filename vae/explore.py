@@ -427,8 +427,14 @@ def page_payload(
         "class_names": list(class_names),
         "metrics": metric_rows(metrics),
         "config": [[k, v] for k, v in (config or config_summary(module)).items()],
-        "title": f"VAE latent space: {len(class_names)} classes, latent_dim {module.latent_dim}",
+        "title": _title(module, config),
     }
+
+
+def _title(module: Any, config: Mapping[str, str] | None) -> str:
+    dataset = (config or {}).get("dataset")
+    name = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}.get(dataset, dataset)
+    return f"VAE latent space{f' of {name}' if name else ''}: latent_dim {module.latent_dim}"
 
 
 def render_html(payload: Mapping[str, Any]) -> str:

@@ -426,10 +426,12 @@
       const r = plane.getBoundingClientRect();
       return [((ev.clientX - r.left) * plane.width) / r.width, ((ev.clientY - r.top) * plane.height) / r.height];
     };
+    let downAt = null; // a drag (moved > 5 px since pointerdown) is not a click
     plane.addEventListener("pointermove", (ev) => hover(...pos(ev)));
-    plane.addEventListener("pointerdown", (ev) => hover(...pos(ev)));
+    plane.addEventListener("pointerdown", (ev) => { downAt = pos(ev); hover(...downAt); });
     plane.addEventListener("click", (ev) => {
       const [px, py] = pos(ev);
+      if (downAt && Math.hypot(px - downAt[0], py - downAt[1]) > 5) return;
       if (state.mode === "path") return pathClick(G.toUV(px, py));
       const i = nearestPoint(px, py);
       if (i >= 0) select(i);
