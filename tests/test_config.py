@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from vae.callbacks import EpochTimer, LatentVisualizer, RoundedProgressBar
+from vae.callbacks import EpochTimer, ExplorerWriter, LatentVisualizer, RoundedProgressBar
 from vae.config import validate_config
 from vae.data import MNISTDataModule
 from vae.training import _instantiate_all, build_module
@@ -101,6 +101,7 @@ def test_callbacks_and_logger_instantiate(tmp_path: Path) -> None:
         LatentVisualizer,
         EpochTimer,
         RoundedProgressBar,
+        ExplorerWriter,
     }
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert checkpoint.monitor == "val/loss"

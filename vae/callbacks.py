@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from vae.environment import collect_environment
 from vae.visualize import (
     FigureOptions,
     encode_means,
@@ -216,3 +217,108 @@ class RoundedProgressBar(TQDMProgressBar):
     ) -> dict[str, int | str | float | dict[str, float]]:
         items = super().get_metrics(trainer, pl_module)
         return {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in items.items()}
+
+
+class ExplorerWriter(L.Callback):
+    """Write the interactive latent-space explorer ``explorer.html`` (:mod:`vae.explore`) into
+    the run directory: one self-contained page that works offline.
+
+    Written at the end of training with the validation numbers, and rewritten at the end of
+    ``trainer.test`` (which ``train.py`` runs after fitting) with the test numbers, so the page of
+    a finished run shows the test −ELBO, IW bound, KL and active units. Global-zero only; it reads
+    the test split from the data module's tensors (no DataLoader, no global RNG), so it does not
+    change training. Turn it off with ``callbacks.explorer.enabled=false`` (or drop it:
+    ``~callbacks.explorer``).
+
+    Args:
+        enabled: write the page at all.
+        path: the page's path (default: ``<trainer.default_root_dir>/explorer.html``).
+        precision: of the embedded weights, ``float16`` (default; ~5 MB for the default model)
+            or ``float32`` (~8 MB, the page then matches torch to ~1e-6).
+        max_points: test images shown on the plane (``None`` = all).
+    """
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        path: str | None = None,
+        precision: str = "float16",
+        max_points: int | None = None,
+    ) -> None:
+        super().__init__()
+        from vae.explore import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"callbacks.explorer.precision={precision!r} is not one of {', '.join(PRECISIONS)}"
+            )
+        if max_points is not None and max_points < 2:
+            raise ValueError(f"callbacks.explorer.max_points must be ≥ 2, got {max_points}")
+        self.enabled = bool(enabled)
+        self.path = path
+        self.precision = precision
+        self.max_points = max_points
+        self.seconds = 0.0  # time spent writing pages in this process (reported in the README)
+        # (weights fingerprint, page payload) of the last page: the test-end page reuses the
+        # fit-end one when the weights are the same, and only its numbers change
+        self._cache: tuple[str, dict[str, Any]] | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module)
+
+    def _write(self, trainer: L.Trainer, module: L.LightningModule) -> Path | None:
+        if not self.enabled or not trainer.is_global_zero:
+            return None
+        from vae.explore import (
+            FILENAME,
+            config_summary,
+            metric_rows,
+            page_payload,
+            render_html,
+            weights_fingerprint,
+            write_page,
+        )
+
+        start = time.perf_counter()
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "test_dataset"):
+            rank_zero_warn("ExplorerWriter needs the vae data module; no explorer.html is written")
+            return None
+        if dm.test_dataset is None:
+            dm.setup("test")
+        ds = dm.test_dataset
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)
+        }
+        fingerprint = weights_fingerprint(module)
+        if self._cache is not None and self._cache[0] == fingerprint:
+            payload = self._cache[1]  # same weights as the last page (fit end → test end)
+            payload["metrics"] = metric_rows(metrics)
+        else:
+            payload = page_payload(
+                module,
+                images=dm.to_float(ds.images),
+                labels=ds.labels,
+                class_names=tuple(dm.class_names),
+                metrics=metrics,
+                config=config_summary(
+                    module,
+                    dict(dm.hparams),
+                    environment=collect_environment(
+                        device=trainer.strategy.root_device, precision=str(trainer.precision)
+                    ),
+                ),
+                precision=self.precision,
+                max_points=self.max_points,
+            )
+            self._cache = (fingerprint, payload)
+        html = render_html(payload)
+        path = write_page(Path(self.path or Path(trainer.default_root_dir) / FILENAME), html)
+        self.seconds += time.perf_counter() - start
+        return path

@@ -40,3 +40,7 @@ class RunInterrupted(Exception):
 class DiskFullError(UserError):
     """A write failed for lack of space (ENOSPC) or quota (EDQUOT); the message names the file, its
     file system, the space needed and free, and what was kept (:mod:`vae.diskspace` builds it)."""
+
+
+class ExplorerError(UserError, ValueError):
+    """The explorer page cannot be built for this model or target (one line for the user)."""
