@@ -45,6 +45,7 @@ from vae.environment import format_environment
 from vae.errors import ExplorerError, UserError
 from vae.losses import gaussian_kl_per_dim
 from vae.model import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae.rules import positive_int_arg
 
 PRECISIONS = ("float16", "float32")
 DEFAULT_PRECISION = "float16"
@@ -578,16 +579,6 @@ def serve(path: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
             server.serve_forever()
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vae.explore",
@@ -601,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
     parser.add_argument(
-        "--max-points", type=_positive_int, default=None, help="subsample the test points"
+        "--max-points", type=positive_int_arg, default=None, help="subsample the test points"
     )
     parser.add_argument(
         "--serve", action="store_true", help="serve the page on 127.0.0.1 and print its address"

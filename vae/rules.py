@@ -100,3 +100,16 @@ def batch_limit(*, allow_zero: bool) -> Rule:
 
     frac = "[0, 1]" if allow_zero else "(0, 1]"
     return ok, f"null (all), an integer ≥ {low} (batches) or a fraction in {frac}"
+
+
+def positive_int_arg(text: str) -> int:
+    """An ``argparse`` type for the command lines' counts: an integer ≥ 1, else argparse's error."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+    return value

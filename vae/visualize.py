@@ -47,7 +47,7 @@ from vae.data import DataHints
 from vae.diskspace import disk_full_is_one_line
 from vae.environment import format_environment
 from vae.errors import CheckpointError, ConfigError, UserError
-from vae.rules import int_at_least, one_of, optional
+from vae.rules import int_at_least, one_of, optional, positive_int_arg
 
 PROJECTOR_MIN_DIMS = 3
 FIGURES = ("latent_space", "manifold", "reconstructions", "samples", "interpolation")
@@ -321,16 +321,6 @@ def _check_finite(module: Any, ckpt: Path) -> None:
         )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vae.visualize",
@@ -352,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif f.name == "seed":
             parser.add_argument(flag, type=int, default=f.default)
         else:
-            parser.add_argument(flag, type=_positive_int, default=f.default)
+            parser.add_argument(flag, type=positive_int_arg, default=f.default)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
