@@ -7,6 +7,7 @@ are skipped when it is not set. No test touches the network: every composed conf
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,31 @@ TINY = (
     "data.eval_batch_size=250",
     "eval.iw_samples=4",
 )
+
+
+#: a short run of 3 epochs × 8 batches with everything a resume must restore: a cosine schedule,
+#: dynamic binarisation (fresh random pixels every step) and the reparameterisation noise
+RESUME_RUN = (
+    *TINY,
+    "trainer.max_epochs=3",
+    "data.binarize=dynamic",
+    "callbacks.visualize.projector=false",
+)
+#: the metrics a resumed run must end with, equal to an uninterrupted run's
+RESUME_METRICS = (
+    "val/loss",
+    "val/recon",
+    "val/kl",
+    "test/loss",
+    "test/recon",
+    "test/kl",
+    "test/nll_iw",
+)
+
+
+def run_metrics(run_dir: Path) -> dict[str, float]:
+    """The ``metrics`` of ``<run_dir>/metrics.json``."""
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
 
 
 def compose_config(overrides: Sequence[str] = (), *, output_dir: Path | None = None) -> DictConfig:
@@ -78,3 +104,14 @@ def _restore_logging() -> Iterator[None]:
         lg.handlers[:] = handlers
         lg.setLevel(level)
         lg.propagate, lg.disabled = propagate, disabled
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> dict[str, float]:
+    """The final metrics of :data:`RESUME_RUN` trained without interruption (the reference of
+    every exact-resume test)."""
+    from vae.training import train
+
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train(compose_config(RESUME_RUN, output_dir=run_dir))
+    return run_metrics(run_dir)

@@ -20,22 +20,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, TINY, compose_config
+from conftest import RESUME_METRICS, RESUME_RUN, ROOT, compose_config, run_metrics
 
 from vae.errors import ConfigError, RunInterrupted
 from vae.training import run_cli, train
 
 pytestmark = pytest.mark.usefixtures("mnist_root")
 
-#: 3 epochs × 8 batches with a cosine schedule, dynamic binarisation and the reparameterisation
-#: noise: everything an exact resume must restore (as tests/test_reliability.py)
-RUN = (
-    *TINY,
-    "trainer.max_epochs=3",
-    "data.binarize=dynamic",
-    "callbacks.visualize.projector=false",
-)
-METRICS = ("val/loss", "val/recon", "val/kl", "test/loss", "test/recon", "test/kl", "test/nll_iw")
 LINE = re.compile(
     r"^interrupted at step (\d+) \((SIGTERM|SIGINT)\); resume with: (python train\.py .*)$"
 )
@@ -63,24 +54,15 @@ class Marker(L.Callback):
         time.sleep(self.seconds)
 
 
-def _metrics(run_dir: Path) -> dict[str, float]:
-    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
-    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    train(compose_config(RUN, output_dir=run_dir))
-    return _metrics(run_dir)
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_epoch_saves_that_step_and_the_resume_is_exact(
     signum: int, code: int, uninterrupted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run_dir = tmp_path / "run"
     cb = ("+callbacks.sig._target_=test_preemption.SignalAt", "+callbacks.sig.step=12")
-    cfg = compose_config([*RUN, *cb, f"+callbacks.sig.signum={int(signum)}"], output_dir=run_dir)
+    cfg = compose_config(
+        [*RESUME_RUN, *cb, f"+callbacks.sig.signum={int(signum)}"], output_dir=run_dir
+    )
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         run_cli(cfg)
@@ -95,9 +77,9 @@ def test_a_signal_mid_epoch_saves_that_step_and_the_resume_is_exact(
     assert ckpt["global_step"] == 12
     assert not (run_dir / "metrics.json").exists()  # an interrupted run reports no result
 
-    train(compose_config([*RUN, f"ckpt_path={last}"], output_dir=run_dir))
-    resumed = _metrics(run_dir)
-    for key in METRICS:
+    train(compose_config([*RESUME_RUN, f"ckpt_path={last}"], output_dir=run_dir))
+    resumed = run_metrics(run_dir)
+    for key in RESUME_METRICS:
         # bit-exact on CPU: the rest of epoch 2 is the same batches with the same random numbers
         assert resumed[key] == uninterrupted[key], (key, resumed[key], uninterrupted[key])
 
@@ -130,7 +112,7 @@ def _wait_for_step(marker: Path, proc: subprocess.Popen, step: int, timeout: flo
 def test_sigterm_to_a_real_run_exits_143_with_one_line(trainer: str, tmp_path: Path) -> None:
     """What SLURM / Kubernetes do before preemption; under DDP too (2 gloo processes)."""
     run_dir, marker = tmp_path / "run", tmp_path / "step"
-    args = [*RUN, f"trainer={trainer}", "test=false", f"hydra.run.dir={run_dir}"]
+    args = [*RESUME_RUN, f"trainer={trainer}", "test=false", f"hydra.run.dir={run_dir}"]
     args += ["+callbacks.mark._target_=test_preemption.Marker", f"+callbacks.mark.path={marker}"]
     proc = _train_py(*args)
     _wait_for_step(marker, proc, 10)
@@ -163,14 +145,14 @@ def test_ckpt_path_last_starts_then_resumes(tmp_path: Path, capsys: pytest.Captu
     """A requeued job can use one fixed command: ``hydra.run.dir=<dir> ckpt_path=last``."""
     run_dir = tmp_path / "run"
     cfg = compose_config(
-        [*RUN, "trainer.max_epochs=1", "test=false", "ckpt_path=last"], output_dir=run_dir
+        [*RESUME_RUN, "trainer.max_epochs=1", "test=false", "ckpt_path=last"], output_dir=run_dir
     )
     train(cfg)
     assert "ckpt_path=last: no " in capsys.readouterr().err
     first = json.loads((run_dir / "metrics.json").read_text())
     assert first["global_step"] == 8
     again = compose_config(
-        [*RUN, "test=false", "trainer.max_epochs=1", "ckpt_path=last"], output_dir=run_dir
+        [*RESUME_RUN, "test=false", "trainer.max_epochs=1", "ckpt_path=last"], output_dir=run_dir
     )
     train(again)
     assert json.loads((run_dir / "metrics.json").read_text())["resumed_from"] == str(
@@ -180,7 +162,7 @@ def test_ckpt_path_last_starts_then_resumes(tmp_path: Path, capsys: pytest.Captu
 
 def test_a_second_live_run_into_the_same_directory_is_refused(tmp_path: Path) -> None:
     run_dir, marker = tmp_path / "run", tmp_path / "step"
-    args = [*RUN, "test=false", f"hydra.run.dir={run_dir}"]
+    args = [*RESUME_RUN, "test=false", f"hydra.run.dir={run_dir}"]
     first = _train_py(
         *args, "+callbacks.mark._target_=test_preemption.Marker", f"+callbacks.mark.path={marker}"
     )
@@ -204,18 +186,24 @@ def test_the_lock_is_released_after_a_run_and_after_an_error(tmp_path: Path) -> 
     with pytest.raises(RunInterrupted):
         train(
             compose_config(
-                [*RUN, "+callbacks.sig._target_=test_preemption.SignalAt", "+callbacks.sig.step=3"],
+                [
+                    *RESUME_RUN,
+                    "+callbacks.sig._target_=test_preemption.SignalAt",
+                    "+callbacks.sig.step=3",
+                ],
                 output_dir=run_dir,
             )
         )
     with pytest.raises(ConfigError, match=r"was trained with data\.seed=0"):
         train(
             compose_config(
-                [*RUN, "seed=1", f"ckpt_path={run_dir}/checkpoints/last.ckpt"], output_dir=run_dir
+                [*RESUME_RUN, "seed=1", f"ckpt_path={run_dir}/checkpoints/last.ckpt"],
+                output_dir=run_dir,
             )
         )
     train(
         compose_config(
-            [*RUN, "test=false", f"ckpt_path={run_dir}/checkpoints/last.ckpt"], output_dir=run_dir
+            [*RESUME_RUN, "test=false", f"ckpt_path={run_dir}/checkpoints/last.ckpt"],
+            output_dir=run_dir,
         )
     )

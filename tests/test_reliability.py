@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,23 +12,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, TINY, compose_config
+from conftest import RESUME_METRICS, RESUME_RUN, ROOT, TINY, compose_config, run_metrics
 
 from vae.data import MNISTDataModule
 from vae.module import VAEModule
 from vae.training import train
 
 pytestmark = pytest.mark.usefixtures("mnist_root")
-
-METRICS = ("val/loss", "val/recon", "val/kl", "test/loss", "test/recon", "test/kl", "test/nll_iw")
-#: a short run of 3 epochs × 8 batches with everything a resume must restore: a cosine schedule,
-#: dynamic binarisation (fresh random pixels every step) and the reparameterisation noise
-RUN = (
-    *TINY,
-    "trainer.max_epochs=3",
-    "data.binarize=dynamic",
-    "callbacks.visualize.projector=false",
-)
 
 
 class CrashAt(L.Callback):
@@ -43,17 +32,6 @@ class CrashAt(L.Callback):
             raise RuntimeError(f"simulated crash at step {trainer.global_step}")
 
 
-def _metrics(run_dir: Path) -> dict[str, float]:
-    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
-    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    train(compose_config(RUN, output_dir=run_dir))
-    return _metrics(run_dir)
-
-
 def test_resume_after_a_crash_gives_the_same_final_metrics(uninterrupted, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     crash = (
@@ -61,12 +39,12 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(uninterrupted, tmp_pa
         "+callbacks.crash.step=20",  # the middle of epoch 3 (steps 17..24)
     )
     with pytest.raises(RuntimeError, match="simulated crash at step 20"):
-        train(compose_config([*RUN, *crash], output_dir=run_dir))
+        train(compose_config([*RESUME_RUN, *crash], output_dir=run_dir))
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 16
-    train(compose_config([*RUN, f"ckpt_path={last}"], output_dir=run_dir))
-    resumed = _metrics(run_dir)
-    for key in METRICS:
+    train(compose_config([*RESUME_RUN, f"ckpt_path={last}"], output_dir=run_dir))
+    resumed = run_metrics(run_dir)
+    for key in RESUME_METRICS:
         # bit-exact on CPU: weights, optimiser, schedule, RNG states and data order all restored
         assert resumed[key] == uninterrupted[key], (key, resumed[key], uninterrupted[key])
 
@@ -75,7 +53,7 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(uninterrupted, tmp_pa
 def test_kill_9_in_the_middle_of_an_epoch_then_resume(uninterrupted, tmp_path: Path) -> None:
     """The real thing: a subprocess killed with SIGKILL, restarted with ckpt_path=.../last.ckpt."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), *RUN, "data.download=false"]
+    cmd = [sys.executable, str(ROOT / "train.py"), *RESUME_RUN, "data.download=false"]
     cmd += [f"paths.output_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}"]
     # slow the steps down so the kill lands inside an epoch, not after the run has finished
     cmd += ["+callbacks.slow._target_=test_reliability.Sleep", "+callbacks.slow.seconds=0.2"]
@@ -98,8 +76,8 @@ def test_kill_9_in_the_middle_of_an_epoch_then_resume(uninterrupted, tmp_path: P
     resume = [*cmd[:-2], f"ckpt_path={last}"]
     done = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    resumed = _metrics(run_dir)
-    for key in METRICS:
+    resumed = run_metrics(run_dir)
+    for key in RESUME_METRICS:
         assert abs(resumed[key] - uninterrupted[key]) <= 1e-4, (
             key,
             resumed[key],
@@ -142,7 +120,7 @@ def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    logged = _metrics(run_dir)
+    logged = run_metrics(run_dir)
     assert logged["val/num_images"] == 1001
     assert logged["test/num_images"] == 10_000
 
