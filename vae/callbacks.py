@@ -36,6 +36,18 @@ from vae.visualize import (
 )
 
 
+def with_test_split(trainer: L.Trainer, missing: str) -> Any | None:
+    """The trainer's vae data module with its test split loaded (read straight from its tensors:
+    no DataLoader, no global RNG), or None after warning ``missing`` when it has none."""
+    dm = trainer.datamodule
+    if dm is None or not hasattr(dm, "test_dataset"):
+        rank_zero_warn(missing)
+        return None
+    if dm.test_dataset is None:
+        dm.setup("test")
+    return dm
+
+
 class LatentVisualizer(L.Callback):
     """Draw the latent space, manifold, reconstructions, samples and interpolations.
 
@@ -75,12 +87,9 @@ class LatentVisualizer(L.Callback):
 
     # ---- data ------------------------------------------------------------------------------------
     def _test_split(self, trainer: L.Trainer) -> tuple[Tensor, Tensor, tuple[str, ...]] | None:
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "test_dataset"):
-            rank_zero_warn("LatentVisualizer needs the vae data module; no figures are drawn")
+        dm = with_test_split(trainer, "LatentVisualizer needs the vae data module; no figures are drawn")
+        if dm is None:
             return None
-        if dm.test_dataset is None:
-            dm.setup("test")
         ds = dm.test_dataset
         return dm.to_float(ds.images), ds.labels, tuple(dm.class_names)
 
@@ -284,12 +293,11 @@ class ExplorerWriter(L.Callback):
         )
 
         start = time.perf_counter()
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "test_dataset"):
-            rank_zero_warn("ExplorerWriter needs the vae data module; no explorer.html is written")
+        dm = with_test_split(
+            trainer, "ExplorerWriter needs the vae data module; no explorer.html is written"
+        )
+        if dm is None:
             return None
-        if dm.test_dataset is None:
-            dm.setup("test")
         ds = dm.test_dataset
         metrics = {
             k: float(v)
