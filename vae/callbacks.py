@@ -87,7 +87,9 @@ class LatentVisualizer(L.Callback):
 
     # ---- data ------------------------------------------------------------------------------------
     def _test_split(self, trainer: L.Trainer) -> tuple[Tensor, Tensor, tuple[str, ...]] | None:
-        dm = with_test_split(trainer, "LatentVisualizer needs the vae data module; no figures are drawn")
+        dm = with_test_split(
+            trainer, "LatentVisualizer needs the vae data module; no figures are drawn"
+        )
         if dm is None:
             return None
         ds = dm.test_dataset
