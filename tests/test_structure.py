@@ -15,7 +15,9 @@ from omegaconf import OmegaConf
 from vae import hparams
 from vae.data import DATA_RULES, MNISTDataModule
 from vae.errors import ConfigError
-from vae.module import VAEModule
+from vae.model import build_vae
+from vae.module import EVAL_NOISE_BLOCK, VAEModule
+from vae.seeding import derive_seed
 from vae.training import build_module
 from vae.visualize import FigureOptions
 
@@ -110,6 +112,49 @@ def test_the_data_rules_are_the_data_module_arguments_and_the_yaml_keys(tmp_path
     cfg = compose_config(output_dir=tmp_path)
     assert list(DATA_RULES) == params
     assert set(cfg.data) - {"_target_"} == set(params)
+
+
+def test_the_data_module_defaults_are_the_yaml_values() -> None:
+    """``MNISTDataModule()`` in Python is the data of ``python train.py`` (``root`` aside: the YAML
+    reads ``$VAE_DATA_DIR``, as the module does; ``seed`` is the run's ``seed``)."""
+    yaml = OmegaConf.load(ROOT / "configs" / "data" / "mnist.yaml")
+    yaml.seed = OmegaConf.load(ROOT / "configs" / "train.yaml").seed
+    params = inspect.signature(MNISTDataModule.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if k not in ("self", "root")}
+    assert {k: yaml[k] for k in defaults} == defaults
+
+
+def test_the_network_builder_defaults_are_the_model_config_defaults() -> None:
+    """``build_vae`` cannot import :mod:`vae.hparams` (which imports the option lists from
+    :mod:`vae.model`), so its keyword defaults are a second copy: this keeps them equal."""
+    params = inspect.signature(build_vae).parameters
+    config = hparams.as_dict(hparams.ModelConfig())
+    defaults = {k: p.default for k, p in params.items() if k != "image_shape"}
+    assert set(defaults) == set(hparams.NETWORK_KEYS)
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()} == {
+        k: config[k] for k in defaults
+    }
+
+
+def _sha256_seed(text: str) -> int:
+    """The seed formula written out again: first 8 bytes of SHA-256, little-endian, 63 bits."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") % 2**63
+
+
+def test_one_seed_function_keeps_the_streams_it_replaced() -> None:
+    """``derive_seed`` replaced two formulas: the data module's (SHA-256 of the ``repr`` of the
+    parts) and the module's (of the parts joined by ``/``). Both kinds of name give the seeds
+    they gave before, so the shuffling and the evaluation noise of a checkpoint are unchanged."""
+    assert derive_seed(("shuffle", 0, 3)) == _sha256_seed("('shuffle', 0, 3)")
+    assert derive_seed("0/val/0") == _sha256_seed("0/val/0")
+    module = VAEModule()
+    expected = torch.randn(
+        EVAL_NOISE_BLOCK, 2, generator=torch.Generator().manual_seed(_sha256_seed("0/val/1"))
+    )
+    index = torch.tensor([EVAL_NOISE_BLOCK + 7, EVAL_NOISE_BLOCK])
+    assert torch.equal(module.eval_noise(index, "val"), expected[[7, 0]])
 
 
 def test_the_visualize_yaml_lists_the_figure_option_defaults(tmp_path: Path) -> None:

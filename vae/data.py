@@ -514,7 +514,7 @@ class EpochShuffleSampler(RandomSampler):
         self.epoch = epoch
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(derive_seed("shuffle", self.seed, self.epoch))
+        generator = torch.Generator().manual_seed(derive_seed(("shuffle", self.seed, self.epoch)))
         self.epoch += 1
         yield from torch.randperm(self.num_samples, generator=generator).tolist()
 
@@ -588,7 +588,7 @@ def to_float(
     x = images.to(torch.float32).div_(255.0)
     if binarize == "dynamic":
         if generator is None and not train:
-            generator = torch.Generator(device=x.device).manual_seed(derive_seed("eval", 0))
+            generator = torch.Generator(device=x.device).manual_seed(derive_seed(("eval", 0)))
         x = _bernoulli(x, generator)
     return x
 
@@ -751,7 +751,7 @@ class MNISTDataModule(L.LightningDataModule):
         """Under ``dynamic``: one seeded Bernoulli draw, stored as uint8 0/255."""
         if self.binarize != "dynamic":
             return images
-        generator = torch.Generator().manual_seed(derive_seed("binarize", split, self.seed))
+        generator = torch.Generator().manual_seed(derive_seed(("binarize", split, self.seed)))
         draw = _bernoulli(images.to(torch.float32).div_(255.0), generator)
         return draw.to(torch.uint8).mul_(255)
 

@@ -411,7 +411,7 @@ class VAEModule(L.LightningModule):
         for block in blocks.unique().tolist():
             key = (stage, block)
             if key not in self._noise_blocks:
-                seed = derive_seed(self.eval_seed, stage, block)
+                seed = derive_seed(f"{self.eval_seed}/{stage}/{block}")  # version one's names
                 gen = torch.Generator().manual_seed(seed)
                 self._noise_blocks[key] = torch.randn(
                     EVAL_NOISE_BLOCK, self.latent_dim, generator=gen
@@ -446,7 +446,7 @@ class VAEModule(L.LightningModule):
                     IW_NOISE_BLOCK,
                     self.latent_dim,
                     generator=torch.Generator().manual_seed(
-                        derive_seed(self.eval_seed, "test_iw", block, k)
+                        derive_seed((self.eval_seed, "test_iw", block, k))
                     ),
                 )
                 for block in blocks.tolist()
