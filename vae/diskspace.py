@@ -44,11 +44,11 @@ def format_bytes(n: int) -> str:
     """``n`` bytes in decimal units: ``512 bytes``, ``16.2 kB``, ``12.9 MB``, ``3.1 GB``."""
     if n < 1000:
         return f"{n:,} bytes"
-    for unit in ("kB", "MB", "GB", "TB"):
+    for unit in ("kB", "MB", "GB"):
         n /= 1000
-        if n < 1000 or unit == "TB":
+        if n < 1000:
             return f"{n:.1f} {unit}"
-    raise AssertionError("unreachable")
+    return f"{n / 1000:.1f} TB"
 
 
 def file_system(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
@@ -141,20 +141,16 @@ def disk_full_is_one_line(
 
 def _disk_full_in_chain(err: BaseException) -> BaseException | None:
     """The first DiskFullError in ``err``'s cause/context chain, else the first disk-full OSError."""
-    chain: list[BaseException] = []
-    seen: set[int] = set()
+    chain: dict[int, BaseException] = {}  # by id, in the order visited
     stack = [err]
     while stack:
         e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        chain.append(e)
-        stack += [e.__context__, e.__cause__]  # popped cause first
-    for e in chain:
-        if isinstance(e, DiskFullError):
-            return e
-    return next((e for e in chain if is_disk_full(e)), None)
+        if e is not None and id(e) not in chain:
+            chain[id(e)] = e
+            stack += [e.__context__, e.__cause__]  # popped cause first
+    found = [e for e in chain.values() if isinstance(e, DiskFullError)]
+    found += [e for e in chain.values() if is_disk_full(e)]
+    return found[0] if found else None
 
 
 def _existing(path: Path) -> Path:

@@ -35,18 +35,15 @@ def _version(distribution: str) -> str | None:
 def _git(repo_dir: Path, *args: str) -> str | None:
     """``git -C repo_dir <args>``'s output, or None (no git, not a repository, timeout, error)."""
     try:
-        done = subprocess.run(
+        out = subprocess.check_output(
             ["git", "-C", str(repo_dir), *args],
-            capture_output=True,
+            stderr=subprocess.DEVNULL,
             text=True,
             timeout=GIT_TIMEOUT_S,
-            check=False,
         )
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError):  # a non-zero exit is a CalledProcessError
         return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.strip() or None
+    return out.strip() or None
 
 
 def git_state(repo_dir: Path = PACKAGE_PARENT) -> dict[str, Any]:
@@ -94,21 +91,21 @@ def collect_environment(
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     cpu = cpu_name()
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__}
-    env.update({name: _version(name) for name in PACKAGES})
-    env.update(
-        cuda=torch.version.cuda if on_cuda else None,
-        cudnn=torch.backends.cudnn.version() if on_cuda else None,
-        device=str(device),
-        device_name=torch.cuda.get_device_name(device) if on_cuda else cpu,
-        cpu=cpu,
-        threads=torch.get_num_threads(),
-        precision=precision,
-        platform=platform.platform(),
-        git=git_state(repo_dir),
-        command=list(sys.argv if argv is None else argv),
-    )
-    return env
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **{name: _version(name) for name in PACKAGES},
+        "cuda": torch.version.cuda if on_cuda else None,
+        "cudnn": torch.backends.cudnn.version() if on_cuda else None,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if on_cuda else cpu,
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "platform": platform.platform(),
+        "git": git_state(repo_dir),
+        "command": list(sys.argv if argv is None else argv),
+    }
 
 
 def format_environment(env: dict[str, Any]) -> str:
@@ -121,12 +118,11 @@ def format_environment(env: dict[str, Any]) -> str:
         f"vae {env['git']['describe']}",
         f"Python {env['python']}",
         f"torch {env['torch']}",
-        *(f"{name} {env[name]}" for name in ("lightning",) if env.get(name)),
+        env.get("lightning") and f"lightning {env['lightning']}",
         device,
+        env.get("precision") and str(env["precision"]),
     ]
-    if env.get("precision"):
-        parts.append(str(env["precision"]))
-    return " · ".join(parts)
+    return " · ".join(part for part in parts if part)  # lightning, precision: when known
 
 
 def environment_markdown(env: dict[str, Any]) -> str:

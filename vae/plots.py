@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -110,11 +111,10 @@ def _as_images(images: ArrayLike, *, name: str) -> Tensor:
 
 def _grid(images: Tensor, *, nrow: int) -> Tensor:
     """make_grid with the module's padding; a single tile is padded too. → ``(3, H, W)``."""
+    grid = make_grid(images, nrow=nrow, padding=GRID_PADDING, pad_value=GRID_PAD_VALUE)
     if images.shape[0] == 1:  # make_grid returns a lone image unpadded; pad it like any grid
-        images = torch.cat([images, torch.full_like(images, GRID_PAD_VALUE)])
-        grid = make_grid(images, nrow=2, padding=GRID_PADDING, pad_value=GRID_PAD_VALUE)
-        return grid[:, :, : GRID_PADDING + images.shape[3] + GRID_PADDING].contiguous()
-    return make_grid(images, nrow=nrow, padding=GRID_PADDING, pad_value=GRID_PAD_VALUE)
+        grid = F.pad(grid, (GRID_PADDING,) * 4, value=GRID_PAD_VALUE)
+    return grid
 
 
 def decode_batched(
@@ -197,12 +197,9 @@ def pca_2d(z: ArrayLike) -> PCA2D:
 # ---- latent scatter ------------------------------------------------------------------------------
 def _palette(n_classes: int) -> list[tuple[float, float, float, float]]:
     """``n_classes`` distinct categorical colours: 'tab10' up to 10 classes, 'tab20' up to 20."""
-    if n_classes <= 10:
-        colors = colormaps["tab10"].colors
-    elif n_classes <= 20:
-        colors = colormaps["tab20"].colors
-    else:
+    if n_classes > 20:
         raise ValueError(f"at most 20 classes can get distinct colours, got {n_classes}")
+    colors = colormaps["tab10" if n_classes <= 10 else "tab20"].colors
     return [(*colors[k][:3], 1.0) for k in range(n_classes)]
 
 
@@ -259,9 +256,7 @@ def latent_scatter(
         raise ValueError(f"max_points must be ≥ 1, got {max_points}")
 
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=generator)
-    if max_points is not None and max_points < n:
-        order = order[:max_points]
+    order = torch.randperm(n, generator=generator)[:max_points]  # [:None] keeps all
 
     z = z.to(torch.float64)
     # a fixed layout (no layout engine): drawing is several times faster, and the same every time
@@ -271,20 +266,17 @@ def latent_scatter(
     if d == 1:
         jitter = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 0.6
         xy = torch.stack([z[:, 0], labels.to(torch.float64) + jitter], dim=1)
-        ax.set_xlabel("z₁")
-        ax.set_ylabel("class (jittered)")
+        ax.set(xlabel="z₁", ylabel="class (jittered)")
         ax.set_yticks(range(n_classes), labels=list(class_names))
     elif d == 2:
         xy = z
-        ax.set_xlabel("z₁")
-        ax.set_ylabel("z₂")
+        ax.set(xlabel="z₁", ylabel="z₂")
         ax.set_aspect("equal", adjustable="datalim")
     else:
         pca = pca_2d(z)
         xy = pca.proj
         pct = (100 * pca.explained_variance_ratio).tolist()
-        ax.set_xlabel(f"PC₁ ({pct[0]:.1f} % var.)")
-        ax.set_ylabel(f"PC₂ ({pct[1]:.1f} % var.)")
+        ax.set(xlabel=f"PC₁ ({pct[0]:.1f} % var.)", ylabel=f"PC₂ ({pct[1]:.1f} % var.)")
         ax.set_aspect("equal", adjustable="datalim")
         base_title += f"\nPCA projection of the {d}-D latent ({sum(pct):.1f} % of variance)"
     if len(order) < n:
@@ -367,9 +359,7 @@ def manifold_grid_coords(
             raise ValueError(f"eps must lie in (0, 0.5), got {eps}")
         q = torch.linspace(eps, 1.0 - eps, n, dtype=torch.float64)
     g = torch.special.ndtri(q)
-    z1 = g[None, :].expand(n, n)
-    z2 = g.flip(0)[:, None].expand(n, n)
-    return torch.stack([z1, z2], dim=-1).to(dtype)
+    return torch.stack(torch.meshgrid(g, g.flip(0), indexing="xy"), dim=-1).to(dtype)
 
 
 def manifold_latents(
@@ -496,8 +486,7 @@ def manifold_figure(
     ax.set_xticks(x_centres, labels=[f"{coords[0, k, 0].item():.2f}" for k in idx], rotation=90)
     ax.set_yticks(y_centres, labels=[f"{coords[k, 0, 1].item():.2f}" for k in idx])
     ax.tick_params(labelsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     if title is not None:
         ax.set_title(title)
     return fig
@@ -568,18 +557,13 @@ def interpolation_grid(
     last columns are exactly ``decode(z_start)`` and ``decode(z_end)`` and, for odd ``steps``, the
     middle column is the midpoint.
     """
-    z0 = _as_tensor(z_start).to(torch.float32)
-    z1 = _as_tensor(z_end).to(torch.float32)
-    if z0.ndim == 1:
-        z0 = z0[None]
-    if z1.ndim == 1:
-        z1 = z1[None]
+    z0, z1 = (_as_tensor(z).to(torch.float32) for z in (z_start, z_end))
+    z0, z1 = (z[None] if z.ndim == 1 else z for z in (z0, z1))
     if z0.ndim != 2 or z0.shape != z1.shape:
         raise ValueError(f"z_start {tuple(z0.shape)} and z_end {tuple(z1.shape)} must be (k, d)")
     if steps < 2:
         raise ValueError(f"steps must be ≥ 2 (both endpoints), got {steps}")
-    s = torch.linspace(0.0, 1.0, steps)
-    s[0], s[-1] = 0.0, 1.0
+    s = torch.linspace(0.0, 1.0, steps)  # exactly 0 and 1 at the ends
     path = (1 - s)[None, :, None] * z0[:, None, :] + s[None, :, None] * z1[:, None, :]
     images = decode_batched(decode, path.flatten(0, 1), batch_size=batch_size, device=device)
     return _grid(images, nrow=steps)
@@ -612,11 +596,9 @@ def save_png(obj: Figure | Tensor, path: str | Path) -> Path:
     if not isinstance(obj, Tensor):
         raise TypeError(f"save_png takes a matplotlib Figure or a torch Tensor, got {type(obj)}")
     img = obj.detach().cpu()
-    if img.ndim == 2:
-        img = img[None]
+    img = img[None] if img.ndim == 2 else img
     if img.ndim != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"image tensor must be (C, H, W) with C in (1, 3), got {tuple(obj.shape)}")
     img = img.to(torch.float32) / 255.0 if img.dtype == torch.uint8 else img
-    img = _as_images(img[None], name="image")[0]
-    save_image(img, path, format="png")
+    save_image(_as_images(img[None], name="image")[0], path, format="png")
     return path

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import warnings
@@ -83,12 +84,8 @@ def curated_hparams(cfg: DictConfig) -> dict[str, str]:
     writes them (:func:`_hparam_value`; TensorBoard then filters a column by regex and sorts it as
     text); unset (``null``) or missing keys are left out.
     """
-    out: dict[str, str] = {}
-    for key in CURATED_KEYS:
-        value = _hparam_value(OmegaConf.select(cfg, key, default=None))
-        if value is not None:
-            out[key] = value
-    return out
+    values = {key: _hparam_value(OmegaConf.select(cfg, key, default=None)) for key in CURATED_KEYS}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def log_hparams(logger: Any, cfg: DictConfig, metrics: Mapping[str, float]) -> None:
@@ -112,12 +109,9 @@ def log_hparams(logger: Any, cfg: DictConfig, metrics: Mapping[str, float]) -> N
     shown = {k: float(metrics[k]) for k in HPARAM_METRICS if k in metrics}
     experiment, start, end = hparams(params, shown)
     _mark_shown_first(experiment)
-    writer = FileWriter(logger.log_dir)
-    try:
+    with contextlib.closing(FileWriter(logger.log_dir)) as writer:
         for summary in (experiment, start, end):
             writer.add_summary(summary)
-    finally:
-        writer.close()
 
 
 def _mark_shown_first(experiment: Any) -> None:
@@ -175,7 +169,7 @@ def summary_table(
             label = f"{label} (K={iw_samples})"
         if name == "active_units" and latent_dim is not None:
             label = f"{label} (of {latent_dim})"
-        rows.append((label, fmt.format(metrics[f"{stage}/{name}"]), tag))
+        rows.append((label, fmt.format(metrics[tag]), tag))
     lines = [f"{'Test' if stage == 'test' else 'Validation'} set (nats per image{count}):"]
     width = max((len(label) for label, _, _ in rows), default=0)
     digits = max((len(value) for _, value, _ in rows), default=0)
@@ -183,10 +177,9 @@ def summary_table(
     lines.append(f"Run directory: {run_dir}")
     if figures:
         paths = [Path(f).resolve() for f in figures]
-        if all(p.parent == run_dir for p in paths):
-            lines.append("Figures: " + ", ".join(p.name for p in paths) + " (in the run directory)")
-        else:
-            lines.append("Figures: " + ", ".join(str(p) for p in paths))
+        inside = all(p.parent == run_dir for p in paths)
+        names = ", ".join(p.name if inside else str(p) for p in paths)
+        lines.append(f"Figures: {names}" + (" (in the run directory)" if inside else ""))
     return "\n".join(lines)
 
 
@@ -220,9 +213,8 @@ _LIGHTNING_INFO_LOGGERS = (
 )
 
 
-class _DropLightningNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not _LIGHTNING_NOISE.match(record.getMessage())
+def _not_lightning_noise(record: logging.LogRecord) -> bool:
+    return not _LIGHTNING_NOISE.match(record.getMessage())
 
 
 def silence_known_noise() -> None:
@@ -239,7 +231,5 @@ def silence_known_noise() -> None:
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
-    for name in _LIGHTNING_INFO_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropLightningNoise) for f in logger.filters):
-            logger.addFilter(_DropLightningNoise())
+    for name in _LIGHTNING_INFO_LOGGERS:  # addFilter adds the same filter only once
+        logging.getLogger(name).addFilter(_not_lightning_noise)
