@@ -25,15 +25,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from vae import explore, visualize
 from vae.environment import collect_environment
-from vae.visualize import (
-    FigureOptions,
-    encode_means,
-    render_figures,
-    to_images,
-    write_pngs,
-    write_projector,
-)
 
 
 def with_test_split(trainer: L.Trainer, missing: str) -> Any | None:
@@ -81,35 +74,28 @@ class LatentVisualizer(L.Callback):
         self.png_dir = png_dir
         self.projector = projector
         self.projector_points = projector_points
-        self.options = FigureOptions(**figure_options)
+        self.options = visualize.FigureOptions(**figure_options)
         self._logged_step: int | None = None  # global_step of the last images/ logged this fit
         self.png_paths: list[Path] = []  # the PNGs written at the end of the last fit
 
     # ---- data ------------------------------------------------------------------------------------
-    def _test_split(self, trainer: L.Trainer) -> tuple[Tensor, Tensor, tuple[str, ...]] | None:
+    @staticmethod
+    def _tensorboard(trainer: L.Trainer) -> Any | None:
+        loggers = (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger))
+        return next((logger.experiment for logger in loggers), None)
+
+    def _draw(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Tensor]:
+        """The figures as RGB image tensors ``(3, H, W)`` in [0, 1], each rendered once."""
         dm = with_test_split(
             trainer, "LatentVisualizer needs the vae data module; no figures are drawn"
         )
         if dm is None:
-            return None
-        ds = dm.test_dataset
-        return dm.to_float(ds.images), ds.labels, tuple(dm.class_names)
-
-    @staticmethod
-    def _tensorboard(trainer: L.Trainer) -> Any | None:
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        return None
-
-    def _draw(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Tensor]:
-        """The figures as RGB image tensors ``(3, H, W)`` in [0, 1], each rendered once."""
-        split = self._test_split(trainer)
-        if split is None:
             return {}
-        images, labels, names = split
-        figures = render_figures(module, images, labels, class_names=names, options=self.options)
-        return to_images(figures)
+        ds, names = dm.test_dataset, tuple(dm.class_names)
+        figures = visualize.render_figures(
+            module, dm.to_float(ds.images), ds.labels, class_names=names, options=self.options
+        )
+        return visualize.to_images(figures)
 
     def _log_images(self, trainer: L.Trainer, images: dict[str, Tensor]) -> None:
         writer = self._tensorboard(trainer)
@@ -145,29 +131,18 @@ class LatentVisualizer(L.Callback):
             return
         if self._logged_step != trainer.global_step:
             self._log_images(trainer, images)
-        self.png_paths = write_pngs(images, Path(self.png_dir or trainer.default_root_dir))
+        self.png_paths = visualize.write_pngs(images, self.png_dir or trainer.default_root_dir)
         writer = self._tensorboard(trainer)
         if self.projector and writer is not None:
-            self._write_projector(trainer, pl_module, writer)
-
-    def _write_projector(self, trainer: L.Trainer, module: L.LightningModule, writer: Any) -> None:
-        dm = trainer.datamodule
-        ds = dm.test_dataset
-        n = len(ds) if self.projector_points is None else min(self.projector_points, len(ds))
-        was_training = module.training
-        module.eval()
-        try:
-            mu = encode_means(module, dm.to_float(ds.images[:n]))
-        finally:
-            module.train(was_training)
-        names = tuple(dm.class_names)
-        write_projector(
-            writer.log_dir,
-            mu,
-            [names[int(k)] for k in ds.labels[:n]],
-            ds.images[:n],  # the stored uint8 images (binarised ones under dynamic/static)
-            step=trainer.global_step,
-        )
+            dm, n = trainer.datamodule, self.projector_points  # n None: every test image
+            ds, names = dm.test_dataset, tuple(dm.class_names)
+            visualize.write_projector(
+                writer.log_dir,
+                visualize.encode_all(pl_module, dm.to_float(ds.images[:n]))[0],
+                [names[int(k)] for k in ds.labels[:n]],
+                ds.images[:n],  # the stored uint8 images (binarised ones under dynamic/static)
+                step=trainer.global_step,
+            )
 
 
 class EpochTimer(L.Callback):
@@ -181,8 +156,7 @@ class EpochTimer(L.Callback):
     def __init__(self, *, path: str | None = None) -> None:
         super().__init__()
         self.path = path
-        self._start = 0.0
-        self._last = 0.0
+        self._start = self._last = 0.0
         self._images = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -258,11 +232,10 @@ class ExplorerWriter(L.Callback):
         max_points: int | None = None,
     ) -> None:
         super().__init__()
-        from vae.explore import PRECISIONS
-
-        if precision not in PRECISIONS:
+        if precision not in explore.PRECISIONS:
             raise ValueError(
-                f"callbacks.explorer.precision={precision!r} is not one of {', '.join(PRECISIONS)}"
+                f"callbacks.explorer.precision={precision!r} is not one of "
+                f"{', '.join(explore.PRECISIONS)}"
             )
         if max_points is not None and max_points < 2:
             raise ValueError(f"callbacks.explorer.max_points must be ≥ 2, got {max_points}")
@@ -278,22 +251,11 @@ class ExplorerWriter(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module)
 
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, pl_module)
+    on_test_end = on_fit_end
 
     def _write(self, trainer: L.Trainer, module: L.LightningModule) -> Path | None:
         if not self.enabled or not trainer.is_global_zero:
             return None
-        from vae.explore import (
-            FILENAME,
-            config_summary,
-            metric_rows,
-            page_payload,
-            render_html,
-            weights_fingerprint,
-            write_page,
-        )
-
         start = time.perf_counter()
         dm = with_test_split(
             trainer, "ExplorerWriter needs the vae data module; no explorer.html is written"
@@ -306,18 +268,18 @@ class ExplorerWriter(L.Callback):
             for k, v in trainer.callback_metrics.items()
             if isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1)
         }
-        fingerprint = weights_fingerprint(module)
+        fingerprint = explore.weights_fingerprint(module)
         if self._cache is not None and self._cache[0] == fingerprint:
             payload = self._cache[1]  # same weights as the last page (fit end → test end)
-            payload["metrics"] = metric_rows(metrics)
+            payload["metrics"] = explore.metric_rows(metrics)
         else:
-            payload = page_payload(
+            payload = explore.page_payload(
                 module,
                 images=dm.to_float(ds.images),
                 labels=ds.labels,
                 class_names=tuple(dm.class_names),
                 metrics=metrics,
-                config=config_summary(
+                config=explore.config_summary(
                     module,
                     dict(dm.hparams),
                     environment=collect_environment(
@@ -328,7 +290,7 @@ class ExplorerWriter(L.Callback):
                 max_points=self.max_points,
             )
             self._cache = (fingerprint, payload)
-        html = render_html(payload)
-        path = write_page(Path(self.path or Path(trainer.default_root_dir) / FILENAME), html)
+        default = Path(trainer.default_root_dir) / explore.FILENAME
+        path = explore.write_page(Path(self.path or default), explore.render_html(payload))
         self.seconds += time.perf_counter() - start
         return path

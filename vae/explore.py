@@ -33,6 +33,7 @@ import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
+from html import escape
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,24 +41,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vae import plots, visualize
 from vae.checkpointing import load_checkpoint
+from vae.data import MNISTDataModule
 from vae.environment import format_environment
-from vae.errors import ExplorerError, UserError
+from vae.errors import DatasetError, ExplorerError, UserError
 from vae.losses import gaussian_kl_per_dim
-from vae.model import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae.model import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae.module import VAEModule
 from vae.rules import positive_int_arg
 
 PRECISIONS = ("float16", "float32")
 DEFAULT_PRECISION = "float16"
 #: the activations of vae.model.ACTIVATIONS, by torch class name → the page's name
-_ACTIVATION_NAMES = {
-    "ReLU": "relu",
-    "GELU": "gelu",
-    "SiLU": "silu",
-    "ELU": "elu",
-    "Tanh": "tanh",
-    "LeakyReLU": "leaky_relu",
-}
+_ACTIVATION_NAMES = {cls.__name__: name for name, cls in ACTIVATIONS.items()}
 #: the run's key numbers shown in the page's corner: (metrics key stem, label)
 METRIC_ROWS = (
     ("loss", "−ELBO"),
@@ -67,7 +64,6 @@ METRIC_ROWS = (
     ("active_units", "active units"),
 )
 FILENAME = "explorer.html"
-_PASS = "pass a run directory or a checkpoint written by train.py (<run>/checkpoints/last.ckpt)"
 
 
 # ---- the model as ops ----------------------------------------------------------------------------
@@ -126,8 +122,7 @@ def _layer_op(layer: nn.Module, name: str, blob: _Blob, x: Tensor) -> dict[str, 
     if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
         if layer.groups != 1 or _pair(layer.dilation) != [1, 1] or layer.padding_mode != "zeros":
             raise ExplorerError(f"{name}: only groups=1, dilation=1, zero padding are supported")
-        with torch.no_grad():
-            out = layer(x)
+        out = layer(x)  # (_ops runs without grad)
         return {
             "op": "conv2d" if isinstance(layer, nn.Conv2d) else "conv_transpose2d",
             "weight": blob.add(f"{name}.weight", layer.weight),
@@ -199,30 +194,19 @@ def model_payload(module: Any, *, precision: str = DEFAULT_PRECISION) -> dict[st
     if likelihood is None:
         raise ExplorerError(f"no page for the likelihood {type(vae.likelihood).__name__}")
     dtype = next(module.parameters()).dtype
-    was_training = module.training
-    module.eval()
-    try:
+    with visualize.eval_mode(module):
         x = torch.zeros(1, *shape, dtype=dtype, device=module.device)
         z = torch.zeros(1, module.latent_dim, dtype=dtype, device=module.device)
         encoder_ops = _ops(enc_layers, x, blob, conv_shape=shape)
         decoder_ops = _ops(dec_layers, z, blob, conv_shape=start)
-    finally:
-        module.train(was_training)
-    vector = blob.vector()
-    if precision == "float16":
-        half = vector.to(torch.float16)
-        if not torch.isfinite(half).all():
-            raise ExplorerError(
-                "a weight is beyond float16's range (±65504): use precision=float32"
-            )
-        data = half.numpy().tobytes()
-    else:
-        data = vector.numpy().tobytes()
+    vector = blob.vector().to(getattr(torch, precision))
+    if precision == "float16" and not torch.isfinite(vector).all():
+        raise ExplorerError("a weight is beyond float16's range (±65504): use precision=float32")
     return {
         "encoder": encoder_ops,
         "decoder": decoder_ops,
         "tensors": blob.index,
-        "weights": {"dtype": precision, "gzip": False, "base64": _b64(data)},
+        "weights": {"dtype": precision, "gzip": False, "base64": _b64(vector.numpy().tobytes())},
         "latent_dim": int(module.latent_dim),
         "image_shape": list(shape),
         "likelihood": likelihood,
@@ -245,22 +229,6 @@ def _blob(t: Tensor, *, compress: bool = False) -> dict[str, Any]:
 
 
 # ---- the test points -----------------------------------------------------------------------------
-@torch.no_grad()
-def encode_all(module: Any, images: Tensor, *, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
-    """Posterior (mu, logvar), each ``(N, d)`` float32 on the CPU, of float images ``(N, C, H, W)``."""
-    was_training = module.training
-    module.eval()
-    try:
-        mus, logvars = [], []
-        for i in range(0, images.shape[0], batch_size):
-            mu, logvar = module.encode(images[i : i + batch_size].to(module.device))
-            mus.append(mu.float().cpu())
-            logvars.append(logvar.float().cpu())
-    finally:
-        module.train(was_training)
-    return torch.cat(mus), torch.cat(logvars)
-
-
 def _sub(i: int) -> str:
     return str(i).translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))
 
@@ -273,9 +241,6 @@ def projection_payload(mu: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, An
     (:func:`vae.visualize._project`; the other coordinates at the mean); 1: z₁ against the class
     index with a seeded jitter, as the strip plot (the vertical axis does not move z).
     """
-    from vae import plots
-    from vae.visualize import _project
-
     d = mu.shape[1]
     if d == 1:
         jitter = torch.rand(mu.shape[0], generator=torch.Generator().manual_seed(0)) - 0.5
@@ -283,10 +248,10 @@ def projection_payload(mu: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, An
         basis, center = torch.tensor([[1.0], [0.0]]), torch.zeros(1)
         axis, text = ["z₁", "class (jittered)"], "z₁ against the class"
     elif d == 2:
-        points, basis, center, _, _ = _project(mu, "pca")
+        points, basis, center, _, _ = visualize._project(mu, "pca")
         axis, text = ["z₁", "z₂"], "the latent plane (z₁, z₂)"
     else:
-        points, basis, center, _, _ = _project(mu, "pca")
+        points, basis, center, _, _ = visualize._project(mu, "pca")
         ratio = plots.pca_2d(mu).explained_variance_ratio.tolist()
         axis = [f"PC{_sub(k + 1)} ({100 * r:.0f} % of the variance)" for k, r in enumerate(ratio)]
         text = f"PCA plane of the {d}-D means (other directions at their mean)"
@@ -297,10 +262,6 @@ def projection_payload(mu: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, An
         "description": text,
     }
     return points.float(), info
-
-
-def _to_uint8(images: Tensor) -> Tensor:
-    return images.float().mul(255).round().clamp(0, 255).to(torch.uint8)
 
 
 def points_payload(
@@ -322,7 +283,7 @@ def points_payload(
     labels = labels.cpu().long()
     if labels.min() < 0 or labels.max() > 255:
         raise ExplorerError("labels must be class indices in [0, 255]")
-    mu, logvar = encode_all(module, images)
+    mu, logvar = visualize.encode_all(module, images)
     kl = gaussian_kl_per_dim(mu, logvar).sum(dim=-1)  # (N, d) -> (N,)
     xy, projection = projection_payload(mu, labels)
     total = images.shape[0]
@@ -335,7 +296,10 @@ def points_payload(
         "xy": _blob(xy[order].contiguous()),
         "kl": _blob(kl[order].float()),
         "labels": _blob(labels[order].to(torch.uint8)),
-        "images": _blob(_to_uint8(images[order].cpu()), compress=True),
+        "images": _blob(
+            images[order].cpu().float().mul(255).round().clamp(0, 255).to(torch.uint8),
+            compress=True,
+        ),
         "indices": _blob(order.to(torch.int32)),
     }
     return points, projection
@@ -355,17 +319,12 @@ def metric_rows(metrics: Mapping[str, float] | None) -> list[list[str]]:
     metrics = metrics or {}
     rows = []
     for stem, label in METRIC_ROWS:
-        for split in ("test", "val"):
-            key = f"{split}/{stem}"
-            if key in metrics:
-                value = float(metrics[key])
-                unit = "" if stem == "active_units" else " nats"
-                text = f"{value:.0f}" if stem == "active_units" else f"{value:.2f}"
-                rows.append([f"{split} {label}", text + unit])
-                break
-    if not rows:
-        rows.append(["metrics", "not available (no metrics.json)"])
-    return rows
+        split = next((s for s in ("test", "val") if f"{s}/{stem}" in metrics), None)
+        if split is not None:
+            value = float(metrics[f"{split}/{stem}"])
+            text = f"{value:.0f}" if stem == "active_units" else f"{value:.2f} nats"
+            rows.append([f"{split} {label}", text])
+    return rows or [["metrics", "not available (no metrics.json)"]]
 
 
 def config_summary(
@@ -415,7 +374,13 @@ def page_payload(
     precision: str = DEFAULT_PRECISION,
     max_points: int | None = None,
 ) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data (see :func:`build_html` for the arguments)."""
+    """Everything the page shows, as JSON-ready data (:func:`render_html` makes it the page).
+
+    ``images`` float ``(N, C, H, W)`` in [0, 1] (the test split as the model sees it), ``labels``
+    ``(N,)`` class indices into ``class_names``; ``metrics`` e.g. ``{"test/loss": …}`` (nats per
+    image); ``config`` the corner's summary (default :func:`config_summary`); ``precision`` of the
+    embedded weights (:data:`PRECISIONS`); ``max_points`` subsamples the test points (seeded).
+    """
     if images.ndim != 4 or images.shape[0] != labels.shape[0] or images.shape[0] < 2:
         raise ExplorerError(
             f"need images (N, C, H, W) with N ≥ 2 and N labels, got {tuple(images.shape)} "
@@ -451,7 +416,7 @@ def render_html(payload: Mapping[str, Any]) -> str:
     html = _asset("explorer.html")
     # the payload goes in last, so nothing in it can be mistaken for a placeholder
     for key, value in (
-        ("{{TITLE}}", _escape(str(payload["title"]))),
+        ("{{TITLE}}", escape(str(payload["title"]), quote=False)),
         ("{{MODEL_JS}}", _script_safe(_asset("model.js"))),
         ("{{EXPLORER_JS}}", _script_safe(_asset("explorer.js"))),
     ):
@@ -459,36 +424,11 @@ def render_html(payload: Mapping[str, Any]) -> str:
     return html.replace("{{PAYLOAD}}", text, 1)
 
 
-def build_html(
-    module: Any,
-    *,
-    images: Tensor,
-    labels: Tensor,
-    class_names: Sequence[str],
-    metrics: Mapping[str, float] | None = None,
-    config: Mapping[str, str] | None = None,
-    precision: str = DEFAULT_PRECISION,
-    max_points: int | None = None,
-) -> str:
-    """The explorer page of ``module`` (a :class:`vae.module.VAEModule`) as one HTML string.
-
-    ``images`` float ``(N, C, H, W)`` in [0, 1] (the test split as the model sees it), ``labels``
-    ``(N,)`` class indices into ``class_names``; ``metrics`` e.g. ``{"test/loss": …}`` (nats per
-    image); ``config`` the corner's summary (default :func:`config_summary`); ``precision`` of the
-    embedded weights (:data:`PRECISIONS`); ``max_points`` subsamples the test points (seeded).
-    """
-    return render_html(
-        page_payload(
-            module,
-            images=images,
-            labels=labels,
-            class_names=class_names,
-            metrics=metrics,
-            config=config,
-            precision=precision,
-            max_points=max_points,
-        )
-    )
+def build_html(module: Any, **kwargs: Any) -> str:
+    """The explorer page of ``module`` (a :class:`vae.module.VAEModule`) as one HTML string; the
+    keyword arguments (``images``, ``labels``, ``class_names``, ``metrics``, ``config``,
+    ``precision``, ``max_points``) are :func:`page_payload`'s."""
+    return render_html(page_payload(module, **kwargs))
 
 
 def weights_fingerprint(module: Any) -> str:
@@ -500,10 +440,6 @@ def weights_fingerprint(module: Any) -> str:
     return digest.hexdigest()
 
 
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 # ---- reading a run -------------------------------------------------------------------------------
 def _load_run(target: Path) -> tuple[Any, dict[str, Any], dict[str, float]]:
     """(module on the CPU, the data module's hyper-parameters, test metrics) of a run directory or
@@ -512,24 +448,11 @@ def _load_run(target: Path) -> tuple[Any, dict[str, Any], dict[str, float]]:
     The metrics come from the run directory's ``metrics.json`` (``{"metrics": {...}}``) when
     there is one beside ``checkpoints/``; otherwise they are empty.
     """
-    from vae.module import VAEModule
-    from vae.visualize import _resolve_checkpoint
-
-    ckpt = _resolve_checkpoint(target)
+    ckpt = visualize._resolve_checkpoint(target)
     checkpoint = load_checkpoint(ckpt)  # the one safe loader: refuses Python objects, foreign files
     hparams = dict(checkpoint.get("datamodule_hyper_parameters", {}))
     module = VAEModule.load_from_checkpoint(ckpt, map_location="cpu")
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return module, hparams, read_metrics(run_dir)
-
-
-def _run_environment(target: Path) -> dict[str, Any] | None:
-    """The ``environment`` record of the run's ``metrics.json`` (None when there is none)."""
-    ckpt = target if target.is_file() else target / "checkpoints" / "last.ckpt"
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
-        return dict(json.loads((run_dir / "metrics.json").read_text())["environment"])
-    return None
+    return module, hparams, read_metrics(visualize.run_dir_of(ckpt))
 
 
 def read_metrics(run_dir: Path) -> dict[str, float]:
@@ -540,14 +463,6 @@ def read_metrics(run_dir: Path) -> dict[str, float]:
     except (OSError, ValueError, AttributeError):
         return {}
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
-def default_output(target: Path) -> Path:
-    """``<run dir>/explorer.html`` for a run directory or a checkpoint in ``<run>/checkpoints/``."""
-    if target.is_dir():
-        return target / FILENAME
-    parent = target.parent
-    return (parent.parent if parent.name == "checkpoints" else parent) / FILENAME
 
 
 def write_page(path: Path, html: str) -> Path:
@@ -599,15 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=0, help="with --serve (default: a free port)")
     args = parser.parse_args(argv)
-
-    from vae.data import DatasetError, MNISTDataModule
-
     try:
         module, hparams, metrics = _load_run(args.target)
-        data_kwargs = dict(hparams) | {"download": False}
-        if args.data_root:
-            data_kwargs["root"] = args.data_root
-        dm = MNISTDataModule(**data_kwargs)
+        run_dir = visualize.run_dir_of(args.target)  # the page's default folder
+        root = {"root": args.data_root} if args.data_root else {}
+        dm = MNISTDataModule(**(dict(hparams) | {"download": False} | root))
         dm.setup("test")
         ds = dm.test_dataset
         html = build_html(
@@ -616,11 +527,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             labels=ds.labels,
             class_names=dm.class_names,
             metrics=metrics,
-            config=config_summary(module, hparams, environment=_run_environment(args.target)),
+            config=config_summary(module, hparams, environment=visualize.run_environment(run_dir)),
             precision=args.precision,
             max_points=args.max_points,
         )
-        out = write_page(args.out or default_output(args.target), html)
+        out = write_page(args.out or run_dir / FILENAME, html)
     except DatasetError as err:
         print(
             f"error: {err} Here: pass --data-root DIR (the folder holding MNIST/raw/).",

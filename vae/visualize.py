@@ -31,7 +31,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,16 +43,15 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from vae import plots
-from vae.data import DataHints
+from vae.data import DataHints, MNISTDataModule
 from vae.diskspace import disk_full_is_one_line
 from vae.environment import format_environment
 from vae.errors import CheckpointError, ConfigError, UserError
+from vae.module import VAEModule
 from vae.rules import int_at_least, one_of, optional, positive_int_arg
 
 PROJECTOR_MIN_DIMS = 3
 FIGURES = ("latent_space", "manifold", "reconstructions", "samples", "interpolation")
-
-
 PROJECTIONS = ("pca", "axes")
 
 
@@ -73,14 +72,28 @@ class FigureOptions:
     seed: int = field(default=0, metadata={"rule": int_at_least(0)})
 
 
+@contextlib.contextmanager
+def eval_mode(module: Any) -> Iterator[None]:
+    """``module`` in eval mode inside the block, and back in its previous mode after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
-def encode_means(module: Any, images: Tensor, *, batch_size: int = 1000) -> Tensor:
-    """Posterior means ``(N, d)`` of float images ``(N, C, H, W)``, in batches, on the module's device."""
-    out = [
-        module.encode(images[i : i + batch_size].to(module.device))[0].float().cpu()
-        for i in range(0, images.shape[0], batch_size)
-    ]
-    return torch.cat(out)
+def encode_all(module: Any, images: Tensor, *, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+    """Posterior (mu, logvar), each ``(N, d)`` float32 on the CPU, of float images ``(N, C, H, W)``
+    (in batches on the module's device, in eval mode)."""
+    with eval_mode(module):
+        batches = [
+            module.encode(images[i : i + batch_size].to(module.device))
+            for i in range(0, images.shape[0], batch_size)
+        ]
+    mu, logvar = (torch.cat([b[k].float().cpu() for b in batches]) for k in (0, 1))
+    return mu, logvar
 
 
 def _project(mu: Tensor, projection: str) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
@@ -100,8 +113,7 @@ def _interpolation_ends(mu: Tensor, labels: Tensor, num_classes: int) -> tuple[T
     """Posterior means of the first test image of class k and of class (k + 1) mod K, for each k."""
     firsts = [int((labels == k).nonzero()[0]) for k in range(num_classes) if (labels == k).any()]
     starts = torch.tensor(firsts)
-    ends = torch.roll(starts, -1)
-    return mu[starts], mu[ends]
+    return mu[starts], mu[torch.roll(starts, -1)]
 
 
 @torch.no_grad()
@@ -120,10 +132,8 @@ def render_figures(
     Uses no global randomness (sampling is seeded by ``options.seed``). Render each returned
     Figure once (:func:`to_images`) and reuse those pixels: see there.
     """
-    was_training = module.training
-    module.eval()
-    try:
-        mu = encode_means(module, images)
+    with eval_mode(module):
+        mu = encode_all(module, images)[0]
         d = mu.shape[1]
         labels = labels.cpu()
         decode, device = module.decode, module.device
@@ -143,9 +153,9 @@ def render_figures(
                 decode,
                 n=options.grid_size,
                 latent_dim=d,
-                basis=None if d == 2 else basis,
-                center=None if d == 2 else center,
-                scale=None if d == 2 else scale,
+                basis=basis,  # for d = 2: I₂, 0 and 1, the prior's grid
+                center=center,
+                scale=scale,
                 device=device,
             )
             figures["manifold"] = plots.manifold_figure(
@@ -155,12 +165,11 @@ def render_figures(
                 ylabel=f"{stem}₂",
                 title=f"decoder means over a {options.grid_size}×{options.grid_size} quantile grid",
             )
-        n_rec = min(options.n_reconstructions, images.shape[0])
-        x = images[:n_rec]
+        n_rec = options.n_reconstructions
         x_hat = decode(mu[:n_rec].to(device)).float().cpu()  # decoder mean of the posterior mean
         starts, ends = _interpolation_ends(mu, labels, len(class_names))
         generator = torch.Generator().manual_seed(options.seed)
-        figures["reconstructions"] = plots.reconstruction_grid(x.cpu(), x_hat, nrow=8)
+        figures["reconstructions"] = plots.reconstruction_grid(images[:n_rec].cpu(), x_hat, nrow=8)
         figures["samples"] = plots.sample_grid(
             decode, n=options.n_samples, latent_dim=d, generator=generator, device=device
         )
@@ -168,8 +177,6 @@ def render_figures(
             decode, starts, ends, steps=options.interpolation_steps, device=device
         )
         return figures
-    finally:
-        module.train(was_training)
 
 
 def to_images(figures: dict[str, Figure | Tensor]) -> dict[str, Tensor]:
@@ -276,6 +283,21 @@ def _resolve_checkpoint(target: Path) -> Path:
     return target
 
 
+def run_dir_of(path: Path) -> Path:
+    """The run directory of a run directory or of a checkpoint (``<run>/checkpoints/*.ckpt`` or
+    ``<run>/*.ckpt``)."""
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def run_environment(run_dir: Path) -> dict[str, Any] | None:
+    """The ``environment`` record of ``<run_dir>/metrics.json`` (None when there is none)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        return dict(json.loads((run_dir / "metrics.json").read_text())["environment"])
+    return None
+
+
 def _check_out(out: Path) -> None:
     """``--out`` must be a folder this process can create or write into (checked before drawing)."""
     existing = next(p for p in (out, *out.parents) if p.exists())
@@ -309,8 +331,7 @@ def _check_device(text: str) -> torch.device:
 def _check_finite(module: Any, ckpt: Path) -> None:
     """Refuse weights with NaN or inf entries: every figure drawn from them would be blank."""
     tensors = {k: v for k, v in module.state_dict().items() if v.is_floating_point()}
-    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in tensors.items()}
-    bad = {k: n for k, n in bad.items() if n}
+    bad = {k: n for k, v in tensors.items() if (n := int((~torch.isfinite(v)).sum()))}
     if bad:
         first = next(iter(bad))
         raise CheckpointError(
@@ -345,14 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.add_argument(flag, type=positive_int_arg, default=f.default)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-
-    from vae.data import MNISTDataModule
-    from vae.module import VAEModule
-
     try:
         device = _check_device(args.device)
         ckpt = _resolve_checkpoint(args.target)
-        out = args.out or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+        out = args.out or run_dir_of(ckpt)
         _check_out(out)
         # checked first by vae.checkpointing.load_checkpoint, then read with weights_only=True
         module = VAEModule.load_from_checkpoint(ckpt, map_location=device)
@@ -379,11 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for path in paths:
-        print(path)
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a run without the record
-        env = json.loads((run_dir / "metrics.json").read_text())["environment"]
+    print(*paths, sep="\n")
+    env = run_environment(run_dir_of(ckpt))
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # None or partial: no line
         print(f"run measured on: {format_environment(env)}", file=sys.stderr)
     return 0
 
