@@ -424,11 +424,31 @@ def render_html(payload: Mapping[str, Any]) -> str:
     return html.replace("{{PAYLOAD}}", text, 1)
 
 
-def build_html(module: Any, **kwargs: Any) -> str:
-    """The explorer page of ``module`` (a :class:`vae.module.VAEModule`) as one HTML string; the
-    keyword arguments (``images``, ``labels``, ``class_names``, ``metrics``, ``config``,
-    ``precision``, ``max_points``) are :func:`page_payload`'s."""
-    return render_html(page_payload(module, **kwargs))
+def build_html(
+    module: Any,
+    *,
+    images: Tensor,
+    labels: Tensor,
+    class_names: Sequence[str],
+    metrics: Mapping[str, float] | None = None,
+    config: Mapping[str, str] | None = None,
+    precision: str = DEFAULT_PRECISION,
+    max_points: int | None = None,
+) -> str:
+    """The explorer page of ``module`` (a :class:`vae.module.VAEModule`) as one HTML string: the
+    arguments are :func:`page_payload`'s, the page is :func:`render_html` of its payload."""
+    return render_html(
+        page_payload(
+            module,
+            images=images,
+            labels=labels,
+            class_names=class_names,
+            metrics=metrics,
+            config=config,
+            precision=precision,
+            max_points=max_points,
+        )
+    )
 
 
 def weights_fingerprint(module: Any) -> str:
