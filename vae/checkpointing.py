@@ -50,6 +50,15 @@ SPLIT_KEYS = ("dataset", "seed", "val_size")
 #: the temporary files AtomicCheckpointIO writes: ``.<name>.<random>.tmp`` (tempfile.mkstemp's
 #: random part is 8 characters of ``[a-z0-9_]``), e.g. ``.last.ckpt.k2j4_x9q.tmp``
 _TEMP_FILE = re.compile(r"\..+\.ckpt\.[a-z0-9_]{8}\.tmp")
+#: the end of check_resumable's message for a mismatch in each section: why it matters, the fix
+_RESUME_FIX = {
+    "model": "; resume with the same model settings (the run's config.yaml has them)",
+    "data": ": a different split would put images the model trained on into validation; resume "
+    "with the same seed and data settings (the run's config.yaml has them), or start a new run",
+    "optim": ", which a resumed run would not apply (it restores the checkpoint's optimizer and "
+    "schedule); resume with the same optim settings (the run's config.yaml has them), or start a "
+    "new run",
+}
 
 
 def load_checkpoint(
@@ -111,6 +120,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
     ) -> None:
+        """On any failure the temp file is removed and ``path`` is untouched; a full disk (ENOSPC or
+        EDQUOT, at mkdir, create, write, fsync or close) is a :class:`~vae.errors.DiskFullError`
+        naming ``path``, its file system, the bytes the checkpoint needs and the space free."""
         if storage_options is not None:
             raise TypeError(
                 f"{type(self).__name__} takes no storage_options, got {storage_options!r}"
@@ -119,7 +131,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # "RuntimeError: unexpected pos", whereas plain writes keep the OSError and its errno
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        _write_atomically(Path(path), buffer.getbuffer(), what="the checkpoint")
+        data, target = buffer.getbuffer(), Path(path)
+        tmp: str | None = None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            try:
+                view = data
+                while view:
+                    view = view[os.write(fd, view) :]  # a write may be partial
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException as err:
+            if tmp is not None:  # removed before the free space is measured
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            if not is_disk_full(err):
+                raise
+            raise disk_full_error(
+                target,
+                reason=err.strerror,
+                what="the checkpoint",
+                needed=len(data),
+                kept=f"the checkpoints already in {target.parent} are intact (the partial file was "
+                "removed)",
+                fix="or write the run elsewhere with paths.log_dir=<dir>",
+            ) from None
 
     def load_checkpoint(
         self,
@@ -129,43 +168,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         # weights_only is always true here, whatever the caller asks
         return load_checkpoint(path, map_location=map_location or "cpu")
-
-
-def _write_atomically(target: Path, data: memoryview | bytes, *, what: str) -> None:
-    """Write checkpoint bytes ``data`` to ``target`` through a sibling temp file, fsync and
-    ``os.replace``.
-
-    On any failure the temp file is removed and ``target`` is untouched; a full disk (ENOSPC or
-    EDQUOT, at mkdir, create, write, fsync or close) is a :class:`~vae.errors.DiskFullError`
-    naming ``target``, its file system, the ``len(data)`` bytes ``what`` needs and the space free.
-    """
-    tmp: str | None = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]  # a write may be partial
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException as err:
-        if tmp is not None:  # removed before the free space is measured
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        if not is_disk_full(err):
-            raise
-        raise disk_full_error(
-            target,
-            reason=err.strerror,
-            what=what,
-            needed=len(data),
-            kept=f"the checkpoints already in {target.parent} are intact (the partial file was "
-            "removed)",
-            fix="or write the run elsewhere with paths.log_dir=<dir>",
-        ) from None
 
 
 def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
@@ -190,10 +192,7 @@ def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
 
 def rng_states() -> dict[str, Any]:
     """The state of every generator training draws from (torch CPU/CUDA, ``random``, NumPy)."""
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-    }
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     # NumPy's legacy global state (what libraries draw from), with its key array as a tensor so the
     # checkpoint still loads with torch.load(weights_only=True)
     kind, key, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
@@ -238,35 +237,22 @@ def check_resumable(
     """
     label = f"ckpt_path={str(ckpt_path)!r}"
     ckpt = load_checkpoint(ckpt_path, name=label)
-    saved = ckpt["hyper_parameters"]["model"]
-    for key in NETWORK_KEYS:
-        if key in saved and key in model_cfg and plain(saved[key]) != plain(model_cfg[key]):
-            raise ConfigError(
-                f"{label} was trained with model.{key}={plain(saved[key])!r} but the "
-                f"config says model.{key}={plain(model_cfg[key])!r}; resume with the same model "
-                "settings (the run's config.yaml has them)"
-            )
-    saved_data = ckpt.get("datamodule_hyper_parameters")
-    for key in SPLIT_KEYS if data is not None and isinstance(saved_data, Mapping) else ():
-        if key in saved_data and key in data and saved_data[key] != data[key]:
-            also = " (data.seed follows seed)" if key == "seed" else ""
-            raise ConfigError(
-                f"{label} was trained with data.{key}={saved_data[key]!r} but the config says "
-                f"data.{key}={data[key]!r}{also}: a different split would put images the model "
-                "trained on into validation; resume with the same seed and data settings (the "
-                "run's config.yaml has them), or start a new run"
-            )
-    saved_optim = ckpt["hyper_parameters"].get("optim")
-    if optim_cfg is None or not isinstance(saved_optim, Mapping):
-        return
-    for key, value in optim_cfg.items():
-        if key in saved_optim and plain(saved_optim[key]) != plain(value):
-            raise ConfigError(
-                f"{label} was trained with optim.{key}={plain(saved_optim[key])!r} "
-                f"but the config says optim.{key}={plain(value)!r}, which a resumed run would not "
-                "apply (it restores the checkpoint's optimizer and schedule); resume with the "
-                "same optim settings (the run's config.yaml has them), or start a new run"
-            )
+    hparams = ckpt["hyper_parameters"]
+    sections = (  # (section, its saved values, the config's, the keys that must match)
+        ("model", hparams["model"], model_cfg, NETWORK_KEYS),
+        ("data", ckpt.get("datamodule_hyper_parameters"), data, SPLIT_KEYS),
+        ("optim", hparams.get("optim"), optim_cfg, optim_cfg),
+    )
+    for section, saved, given, keys in sections:
+        if given is None or not isinstance(saved, Mapping):
+            continue
+        for key in keys:
+            if key in saved and key in given and plain(saved[key]) != plain(given[key]):
+                also = " (data.seed follows seed)" if f"{section}.{key}" == "data.seed" else ""
+                raise ConfigError(
+                    f"{label} was trained with {section}.{key}={plain(saved[key])!r} but the config "
+                    f"says {section}.{key}={plain(given[key])!r}{also}{_RESUME_FIX[section]}"
+                )
 
 
 def _first_sentence(err: BaseException, limit: int = 160) -> str:

@@ -44,31 +44,23 @@ __all__ = ["RULES", "ConfigError", "UserError", "validate_config"]
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = (
-    "64-true",
-    "32-true",
-    "16-mixed",
-    "bf16-mixed",
-    "16-true",
-    "bf16-true",
-    "transformer-engine",
-)
+    "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
+)  # fmt: skip
 #: the top-level keys of configs/train.yaml (``hydra`` is Hydra's own)
 TOP_LEVEL = (
     "task_name", "seed", "ckpt_path", "test", "compile", "optim", "eval", "data", "model",
     "trainer", "callbacks", "logger", "paths", "hydra",
 )  # fmt: skip
 
-_CKPT_PATH: Rule = (
-    lambda v: v is None or (isinstance(v, str) and bool(v)),
-    "null (a new run), last (the run directory's checkpoints/last.ckpt) or a checkpoint's path",
-)
-
 #: key → rule; absent keys are skipped
 RULES: dict[str, Rule] = {
     "seed": int_at_least(0),
     "test": boolean(),
     "compile": boolean(),
-    "ckpt_path": _CKPT_PATH,
+    "ckpt_path": (
+        lambda v: v is None or (isinstance(v, str) and bool(v)),
+        "null (a new run), last (the run directory's checkpoints/last.ckpt) or a checkpoint's path",
+    ),
     "paths.log_dir": path(),
     **hparams.rules("model"),
     **hparams.rules("optim"),

@@ -1,7 +1,8 @@
 """The Lightning module: the negative ELBO, its optimisation, and the evaluation metrics.
 
-Every per-image quantity is in **nats per image** and is reduced over the batch here, in one place
-(:meth:`VAEModule._reduce`); the loss functions return per-sample values.
+Every per-image quantity is in **nats per image** and is reduced over the batch here, in this
+module only (batch means in ``training_step``; evaluation sums per-image values over batches and
+processes and divides once, at epoch end); the loss functions return per-sample values.
 
 Logged, per stage ``train/``, ``val/``, ``test/``:
 
@@ -41,48 +42,43 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 EVAL_NOISE_BLOCK = 4096
 IW_NOISE_BLOCK = 256  # image positions per seeded draw of the importance-sampling noise
 TRAIN_TERMS = ("loss", "recon", "kl", "objective")
+EVAL_TERMS = ("loss", "recon", "kl")
 
 
 class TrainTerms:
     """Batch means of the training terms (:data:`TRAIN_TERMS`), summed on the device.
 
-    ``add`` costs two in-place additions and a few element-wise ops, never a host sync. It also
-    remembers the first step at which a term was non-finite and which terms were.
-    ``read_window`` / ``read_epoch`` return the image-weighted means since the last read (one sync).
+    ``add`` costs one in-place addition (into the window's and the epoch's sums) and a few
+    element-wise ops, never a host sync. It also remembers the first step at which a term was
+    non-finite and which terms were. ``read("window")`` / ``read("epoch")`` return the
+    image-weighted means since that span's last read (one sync).
     """
 
+    SPANS = ("window", "epoch")
+
     def __init__(self) -> None:
-        self.window = self.epoch = self.bad_step = self.bad_terms = None
-        self.window_n = self.epoch_n = 0
+        self.sums = self.bad_step = self.bad_terms = None  # sums: (len(SPANS), len(TRAIN_TERMS))
+        self.counts = [0] * len(self.SPANS)
 
     def add(self, terms: Tensor, *, n: int, step: int) -> None:
-        if self.window is None or self.window.device != terms.device:
-            self.window = torch.zeros_like(terms)
-            self.epoch = torch.zeros_like(terms)
+        if self.sums is None or self.sums.device != terms.device:
+            self.sums = terms.new_zeros((len(self.SPANS), *terms.shape))
             self.bad_step = torch.full((), -1, dtype=torch.long, device=terms.device)
             self.bad_terms = torch.zeros(terms.shape, dtype=torch.bool, device=terms.device)
-        weighted = terms * n
-        self.window += weighted
-        self.epoch += weighted
-        self.window_n += n
-        self.epoch_n += n
+        self.sums += terms * n
+        self.counts = [c + n for c in self.counts]
         non_finite = ~torch.isfinite(terms)
         first = non_finite.any() & (self.bad_step < 0)
         self.bad_step = torch.where(first, step, self.bad_step)
         self.bad_terms = torch.where(first, non_finite, self.bad_terms)
 
-    def read_window(self) -> list[float]:
-        means = (self.window / max(self.window_n, 1)).tolist()
-        self.window.zero_()
-        self.window_n = 0
-        return means
-
-    def read_epoch(self) -> list[float]:
-        if self.epoch is None:
+    def read(self, span: str) -> list[float]:
+        if self.sums is None:
             return [math.nan] * len(TRAIN_TERMS)
-        means = (self.epoch / max(self.epoch_n, 1)).tolist()
-        self.epoch.zero_()
-        self.epoch_n = 0
+        row = self.SPANS.index(span)
+        means = (self.sums[row] / max(self.counts[row], 1)).tolist()
+        self.sums[row].zero_()
+        self.counts[row] = 0
         return means
 
     def first_non_finite(self) -> tuple[int, list[str]] | None:
@@ -166,12 +162,10 @@ class VAEModule(L.LightningModule):
         self.kl_objective = GaussianKLLoss(reduction="mean", beta=1.0, free_bits=float(m.free_bits))
         self.iw_samples = self.eval_config.iw_samples
         self.iw_chunk = self.eval_config.iw_chunk
-        self.eval_seed = self.eval_config.seed
         self._noise_blocks: dict[tuple[str, int], Tensor] = {}
         stages = ("val", "test")
-        names = ("loss", "recon", "kl")
         self.eval_means = torch.nn.ModuleDict(
-            {f"{s}_{n}": MeanMetric() for s in stages for n in names}
+            {f"{s}_{n}": MeanMetric() for s in stages for n in EVAL_TERMS}
             | {"test_nll_iw": MeanMetric()}
         )
         # images evaluated, summed over processes: the proof that none is dropped or counted twice
@@ -180,7 +174,6 @@ class VAEModule(L.LightningModule):
         self.kl_dim_moments = ColumnMoments(self.latent_dim)
         self.train_terms = TrainTerms()
         self._train_elbo = self.elbo_terms  # torch.compile'd by compile_networks()
-        self.init_output_bias = m.init_output_bias
         # true once the weights are not fresh: trained here, or loaded from a checkpoint
         self._weights_trained = False
 
@@ -194,7 +187,7 @@ class VAEModule(L.LightningModule):
         ``ckpt_path``, so a resumed run gets its trained weights back too; under DDP every process
         computes the same bias from the same training split.
         """
-        if stage != "fit" or not self.init_output_bias or self._weights_trained:
+        if stage != "fit" or not self.model_config.init_output_bias or self._weights_trained:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         pixel_mean = getattr(datamodule, "pixel_mean", None)
@@ -281,7 +274,7 @@ class VAEModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.global_step % self.trainer.log_every_n_steps != 0:
             return
-        means = self.train_terms.read_window()  # the one host sync per logging interval
+        means = self.train_terms.read("window")  # the one host sync per logging interval
         self.check_finite()
         if self.trainer.is_global_zero:
             metrics = {f"train/{k}_step": v for k, v in zip(TRAIN_TERMS, means, strict=True)}
@@ -297,7 +290,7 @@ class VAEModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.check_finite()
-        means = self.train_terms.read_epoch()
+        means = self.train_terms.read("epoch")
         self.log_dict(
             {f"train/{k}_epoch": v for k, v in zip(TRAIN_TERMS, means, strict=True)}, sync_dist=True
         )
@@ -309,7 +302,7 @@ class VAEModule(L.LightningModule):
             return
         step, names = bad
         callback = self.trainer.checkpoint_callback
-        ckpt = getattr(callback, "last_model_path", "") or None
+        ckpt = getattr(callback, "last_model_path", "")
         dirpath = getattr(callback, "dirpath", None)
         if ckpt:
             kept = f"the last good checkpoint is {ckpt}"
@@ -342,9 +335,8 @@ class VAEModule(L.LightningModule):
         """A resumed cosine schedule must plan the same number of steps as this run: a larger
         ``trainer.max_epochs`` would keep the old ``T_max``, so the learning rate would fall to 0
         and climb back to its peak. Refused, naming the key."""
-        scheduler = self.lr_schedulers()
         planned = max(1, int(self.trainer.estimated_stepping_batches))
-        t_max = getattr(scheduler, "T_max", planned)
+        t_max = getattr(self.lr_schedulers(), "T_max", planned)
         if t_max != planned:
             raise ConfigError(
                 f"trainer.max_epochs={self.trainer.max_epochs} plans {planned} steps, but the "
@@ -355,28 +347,26 @@ class VAEModule(L.LightningModule):
             )
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> dict[str, Tensor]:
+    def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> None:
         x = batch[0]
         eps = self.eval_noise(batch[2], stage) if len(batch) > 2 else None
         t = self.elbo_terms(x, eps=eps)
-        for name in ("loss", "recon", "kl"):
+        for name in EVAL_TERMS:
             # MeanMetric over per-image values: an exact mean over images, also across DDP processes
             self.eval_means[f"{stage}_{name}"].update(t[name])
         self.eval_counts[stage].update(torch.tensor(float(x.shape[0]), device=x.device))
         self.mu_moments.update(t["mu"])
         self.kl_dim_moments.update(t["kl_dim"])
-        return t
 
     def _log_eval_epoch(self, stage: str) -> None:
-        for name in ("loss", "recon", "kl"):
+        for name in EVAL_TERMS:
             self.log(f"{stage}/{name}", self.eval_means[f"{stage}_{name}"], prog_bar=name == "loss")
         # (d,) even for d = 1: torchmetrics squeezes one-element results to 0-dim
         mu_var = self.mu_moments.compute()[1].reshape(-1)
         kl_dim_mean = self.kl_dim_moments.compute()[0].reshape(-1)
         self.log(f"{stage}/num_images", self.eval_counts[stage])
         self.log(f"{stage}/active_units", (mu_var > ACTIVE_UNIT_THRESHOLD).sum().float())
-        for j in range(self.latent_dim):
-            self.log(f"{stage}/kl_dim/{j}", kl_dim_mean[j].float())
+        self.log_dict({f"{stage}/kl_dim/{j}": v.float() for j, v in enumerate(kl_dim_mean)})
         self.mu_moments.reset()
         self.kl_dim_moments.reset()
 
@@ -387,15 +377,20 @@ class VAEModule(L.LightningModule):
         self._log_eval_epoch("val")
 
     def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        x = batch[0]
         self._eval_step(batch, "test")
         index = batch[2] if len(batch) > 2 else None  # (images, labels, indices)
-        nll_iw = self.iw_nll(x, n_samples=self.iw_samples, index=index)
+        nll_iw = self.iw_nll(batch[0], n_samples=self.iw_samples, index=index)
         self.eval_means["test_nll_iw"].update(nll_iw)
 
     def on_test_epoch_end(self) -> None:
         self._log_eval_epoch("test")
         self.log("test/nll_iw", self.eval_means["test_nll_iw"])
+
+    def _seeded_noise(self, rows: int, name: object) -> Tensor:
+        """``(rows, latent_dim)`` draws of N(0, I) from a CPU generator seeded by ``name``
+        (:func:`vae.seeding.derive_seed`)."""
+        gen = torch.Generator().manual_seed(derive_seed(name))
+        return torch.randn(rows, self.latent_dim, generator=gen)
 
     def eval_noise(self, index: Tensor, stage: str) -> Tensor:
         """ε ~ N(0, I) for the images at positions ``index`` ``(B,)`` of a split: ``(B, latent_dim)``.
@@ -411,11 +406,9 @@ class VAEModule(L.LightningModule):
         for block in blocks.unique().tolist():
             key = (stage, block)
             if key not in self._noise_blocks:
-                seed = derive_seed(f"{self.eval_seed}/{stage}/{block}")  # version one's names
-                gen = torch.Generator().manual_seed(seed)
-                self._noise_blocks[key] = torch.randn(
-                    EVAL_NOISE_BLOCK, self.latent_dim, generator=gen
-                )
+                # named as in version one, so a checkpoint's val/test figures did not move
+                name = f"{self.eval_config.seed}/{stage}/{block}"
+                self._noise_blocks[key] = self._seeded_noise(EVAL_NOISE_BLOCK, name)
             chosen = blocks == block
             out[chosen] = self._noise_blocks[key][idx[chosen] % EVAL_NOISE_BLOCK]
         return out.to(device=index.device, dtype=self.dtype)
@@ -442,14 +435,8 @@ class VAEModule(L.LightningModule):
         out = torch.empty(stop - start, len(idx), self.latent_dim)
         for k in range(start, stop):
             drawn = [
-                torch.randn(
-                    IW_NOISE_BLOCK,
-                    self.latent_dim,
-                    generator=torch.Generator().manual_seed(
-                        derive_seed((self.eval_seed, "test_iw", block, k))
-                    ),
-                )
-                for block in blocks.tolist()
+                self._seeded_noise(IW_NOISE_BLOCK, (self.eval_config.seed, "test_iw", b, k))
+                for b in blocks.tolist()
             ]
             # index_select takes ~6 µs; drawn[block, row] indexing took 10 µs to 7 ms on a busy CPU
             out[k - start] = torch.cat(drawn).index_select(0, rows)  # (B, d)

@@ -64,8 +64,7 @@ class Preemption(L.Callback):
 
     def _install(self) -> None:
         for signum in SIGNALS:
-            previous = signal.signal(signum, self._handler)
-            self._previous.setdefault(signum, previous)
+            self._previous.setdefault(signum, signal.signal(signum, self._handler))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()  # again: Lightning registered its own SIGTERM handler since
@@ -89,8 +88,7 @@ class Preemption(L.Callback):
         if self.received is None:  # Lightning's flag from elsewhere (e.g. SLURM's handler)
             self.received = signal.SIGTERM
         callback = trainer.checkpoint_callback
-        directory = Path(getattr(callback, "dirpath", None) or Path(trainer.default_root_dir))
-        path = directory / "last.ckpt"
+        path = Path(getattr(callback, "dirpath", None) or trainer.default_root_dir) / "last.ckpt"
         # weights_only (2nd argument) false: the whole state to resume from. Every rank calls it:
         # rank 0 writes, the others wait
         trainer.save_checkpoint(path, False)

@@ -68,21 +68,15 @@ def _build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
         raise
 
 
-def _exit_on_user_error(check: Any, *args: Any, context: str = "") -> None:
+@contextlib.contextmanager
+def _user_error_exits(context: str = "") -> Iterator[None]:
+    """A :class:`UserError` in the block (or the decorated function) becomes one
+    ``error: <context><message>`` line on stderr and exit 2."""
     try:
-        check(*args)
+        yield
     except UserError as err:
         print(f"error: {context}{err}", file=sys.stderr)
         sys.exit(2)
-
-
-def _sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The override lists of a multirun's jobs, as Hydra's basic sweeper expands them."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 class CheckRunDir(Callback):
@@ -90,8 +84,9 @@ class CheckRunDir(Callback):
     leaves no stub run directory), every job of a sweep before the first starts, and that the run
     directory can be created where it is asked for."""
 
+    @_user_error_exits()
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _exit_on_user_error(validate_config, config)
+        validate_config(config)
         run_dir = Path(str(config.hydra.run.dir)).absolute()
         existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -100,33 +95,34 @@ class CheckRunDir(Callback):
             key, value = (
                 ("hydra.run.dir", run_dir) if typed else ("paths.log_dir", config.paths.log_dir)
             )
-            print(
-                f"error: {key}={str(value)!r}: cannot create the run directory there ({existing} "
-                f"is {what}); choose another location with {key}=<dir>",
-                file=sys.stderr,
+            raise ConfigError(
+                f"{key}={str(value)!r}: cannot create the run directory there ({existing} is "
+                f"{what}); choose another location with {key}=<dir>"
             )
-            sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.override_parser.overrides_parser import OverridesParser
 
         loader = GlobalHydra.instance().config_loader()
-        jobs = _sweep_jobs(config)
+        # the override lists of the sweep's jobs, as Hydra's basic sweeper expands them
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
         for n, overrides in enumerate(jobs):
             job = loader.load_sweep_config(config, overrides)
-            context = (
+            with _user_error_exits(
                 f"sweep job {n} of {len(jobs)} ({' '.join(overrides)}), so no job was started: "
-            )
-            _exit_on_user_error(validate_config, job, context=context)
+            ):
+                validate_config(job)
 
 
-def _write_config(output_dir: Path, text: str) -> Path:
+def _write_config(output_dir: Path, text: str) -> None:
     path, k = output_dir / "config.yaml", 0
     while path.exists() and path.read_text() != text:
         k += 1
         path = output_dir / f"config.{k}.yaml"
     path.write_text(text)
-    return path
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -146,10 +142,6 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> VAEModul
         evaluation=OmegaConf.to_container(cfg.eval, resolve=True),
         image_shape=tuple(image_shape),
     )
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()}
 
 
 @contextlib.contextmanager
@@ -197,12 +189,10 @@ def resolve_ckpt_path(value: Any, output_dir: Path) -> Path | None:
 
 def _resume_command(ckpt: Path, output_dir: Path) -> str:
     """``python train.py <the same overrides> hydra.run.dir=<run> ckpt_path=<ckpt>``."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig
 
-        task = list(HydraConfig.get().overrides.task)
-    except ValueError:  # not under @hydra.main (train(cfg) from Python)
-        task = []
+    # not initialized when not under @hydra.main (train(cfg) from Python)
+    task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     kept = [
         o for o in task if o.lstrip("+~").split("=", 1)[0] not in ("ckpt_path", "hydra.run.dir")
     ]
@@ -213,11 +203,10 @@ def _resume_command(ckpt: Path, output_dir: Path) -> str:
 def _write_metrics(path: Path, summary: dict[str, Any], *, resumed_from: Path | None) -> None:
     """Write ``metrics.json``; a resumed run keeps the metrics of the file it continues that it
     did not compute again (e.g. ``val/*`` when nothing was left to train), and says so."""
-    if resumed_from is not None and path.is_file():
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            earlier = json.loads(path.read_text())["metrics"]
-            summary["metrics"] = earlier | summary["metrics"]
     if resumed_from is not None:
+        if path.is_file():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                summary["metrics"] = json.loads(path.read_text())["metrics"] | summary["metrics"]
         summary["resumed_from"] = str(resumed_from)
     path.write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -302,7 +291,7 @@ def _fit_and_test(
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             fit_seconds = time.perf_counter() - start
             metrics = {
-                k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
             }
             test_seconds = None
             if cfg.get("test"):
@@ -310,7 +299,7 @@ def _fit_and_test(
                 start = time.perf_counter()
                 results = trainer.test(module, datamodule=datamodule, verbose=False)
                 test_seconds = round(time.perf_counter() - start, 2)
-                metrics.update(_scalars(results[0]))
+                metrics.update({k: float(v) for k, v in results[0].items()})
     except SIGTERMException:
         if preemption.saved is None or preemption.received is None:
             raise
@@ -347,6 +336,7 @@ def _fit_and_test(
     return metrics
 
 
+@_user_error_exits()
 def run_cli(cfg: DictConfig) -> float | None:
     """Run :func:`train` for the command line: a user error becomes one line on stderr and exit 2."""
     try:
@@ -357,9 +347,6 @@ def run_cli(cfg: DictConfig) -> float | None:
             fix="or write the run elsewhere with paths.log_dir=<dir>",
         ):
             metrics = train(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     except RunInterrupted as stop:
         if rank_zero_only.rank == 0:
             print(stop, file=sys.stderr)
