@@ -164,7 +164,9 @@ def test_the_visualize_yaml_lists_the_figure_option_defaults(tmp_path: Path) -> 
 
 
 def test_a_module_refuses_an_unknown_or_bad_key() -> None:
-    with pytest.raises(ConfigError, match=r"^model\.latnet_dim: no such key; the model keys are "):
+    # the same message as train.py's for +model.latnet_dim=3 (tests/test_errors.py)
+    typo = r"^model\.latnet_dim: no such key; did you mean model\.latent_dim\? the model keys are "
+    with pytest.raises(ConfigError, match=typo):
         VAEModule(model={"latnet_dim": 3})
     with pytest.raises(ConfigError, match=r"^model\.latent_dim=0: expected an integer ≥ 1$"):
         VAEModule(model={"latent_dim": 0})

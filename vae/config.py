@@ -15,9 +15,7 @@ docs/errors.md lists what the user sees.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
-from collections.abc import Iterable
 from typing import Any
 
 from hydra.utils import get_class
@@ -37,6 +35,7 @@ from vae.rules import (
     one_of,
     optional,
     path,
+    refuse_unknown,
 )
 from vae.visualize import FigureOptions
 
@@ -93,16 +92,6 @@ def _select(cfg: DictConfig, key: str) -> Any:
         return _MISSING
 
 
-def _refuse_unknown(section: str, keys: Iterable[str], known: Iterable[str]) -> None:
-    known = sorted(set(known))
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-            hint = f"did you mean {section}{close[0]}? " if close else ""
-            where = f"the {section.rstrip('.')} keys" if section else "the top-level keys"
-            raise ConfigError(f"{section}{key}: no such key; {hint}{where} are {', '.join(known)}")
-
-
 def _arguments(target: str) -> set[str] | None:
     """The keyword arguments the class ``target`` takes (None: it takes any, or is not found)."""
     try:
@@ -117,11 +106,11 @@ def _arguments(target: str) -> set[str] | None:
 
 
 def _check_keys(cfg: DictConfig) -> None:
-    _refuse_unknown("", cfg.keys(), TOP_LEVEL)
+    refuse_unknown("", cfg.keys(), TOP_LEVEL)
     for section, cls in hparams.SECTIONS.items():
         if isinstance(cfg.get(section), DictConfig):
             known = [f.name for f in dataclasses.fields(cls)]
-            _refuse_unknown(f"{section}.", cfg[section].keys(), known)
+            refuse_unknown(f"{section}.", cfg[section].keys(), known)
     nodes = [("data.", cfg.get("data")), ("trainer.", cfg.get("trainer"))]
     for group in ("callbacks", "logger"):
         if isinstance(cfg.get(group), DictConfig):
@@ -130,7 +119,7 @@ def _check_keys(cfg: DictConfig) -> None:
         if isinstance(node, DictConfig) and "_target_" in node:
             known = _arguments(str(node._target_))
             if known is not None:
-                _refuse_unknown(section, [k for k in node if k != "_target_"], known)
+                refuse_unknown(section, [k for k in node if k != "_target_"], known)
 
 
 def validate_config(cfg: DictConfig) -> None:

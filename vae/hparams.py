@@ -14,10 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from vae.errors import ConfigError
 from vae.likelihoods import LIKELIHOODS
 from vae.model import ACTIVATIONS, ARCHITECTURES, NORMS
-from vae.rules import Rule, boolean, check, int_at_least, int_list, number_at_least, one_of, plain
+from vae.rules import (
+    Rule,
+    boolean,
+    check,
+    int_at_least,
+    int_list,
+    number_at_least,
+    one_of,
+    plain,
+    refuse_unknown,
+)
 
 C = TypeVar("C")
 
@@ -91,10 +100,7 @@ def coerce(cls: type[C], value: C | Mapping[str, Any] | None, *, section: str) -
     if isinstance(value, cls):
         return value
     given = dict(value or {})
-    names = [f.name for f in dataclasses.fields(cls)]
-    if unknown := sorted(set(given) - set(names)):
-        keys = ", ".join(names)
-        raise ConfigError(f"{section}.{unknown[0]}: no such key; the {section} keys are {keys}")
+    refuse_unknown(f"{section}.", given, [f.name for f in dataclasses.fields(cls)])
     for f in dataclasses.fields(cls):
         if f.name in given:
             given[f.name] = check(f"{section}.{f.name}", plain(given[f.name]), f.metadata["rule"])

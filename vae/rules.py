@@ -8,9 +8,10 @@ beside the thing it configures (:mod:`vae.hparams` for ``model`` / ``optim`` / `
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from vae.errors import ConfigError
@@ -81,6 +82,18 @@ def check(key: str, value: Any, rule: Rule) -> Any:
     if not ok(value):
         raise ConfigError(f"{key}={plain(value)!r}: expected {allowed}")
     return value
+
+
+def refuse_unknown(section: str, keys: Iterable[str], known: Iterable[str]) -> None:
+    """:class:`ConfigError` for the first of ``keys`` that is not ``known``, with the closest known
+    name; ``section`` is the keys' prefix (``"model."``, or ``""`` for the top level)."""
+    known = sorted(set(known))
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            hint = f"did you mean {section}{close[0]}? " if close else ""
+            where = f"the {section.rstrip('.')} keys" if section else "the top-level keys"
+            raise ConfigError(f"{section}{key}: no such key; {hint}{where} are {', '.join(known)}")
 
 
 def optional(rule: Rule) -> Rule:
