@@ -27,8 +27,7 @@ LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 
 
 def _sum_pixels(t: Tensor) -> Tensor:
-    # (B, C, H, W) -> (B,)
-    return t.flatten(start_dim=1).sum(dim=1)
+    return t.flatten(start_dim=1).sum(dim=1)  # (B, C, H, W) -> (B,)
 
 
 class BernoulliLikelihood(nn.Module):
@@ -53,8 +52,7 @@ class ContinuousBernoulliLikelihood(nn.Module):
     """
 
     def nll(self, out: Tensor, x: Tensor) -> Tensor:
-        dist = ContinuousBernoulli(logits=out, validate_args=False)
-        return -_sum_pixels(dist.log_prob(x))
+        return -_sum_pixels(ContinuousBernoulli(logits=out, validate_args=False).log_prob(x))
 
     def mean(self, out: Tensor) -> Tensor:
         return ContinuousBernoulli(logits=out, validate_args=False).mean
@@ -91,8 +89,7 @@ class GaussianLikelihood(nn.Module):
     def nll(self, out: Tensor, x: Tensor) -> Tensor:
         log_std = torch.as_tensor(self.log_std, dtype=out.dtype, device=out.device)
         sq = (x - out).square() * torch.exp(-2.0 * log_std)  # (x − μ)² / σ²
-        per_pixel = 0.5 * sq + log_std + 0.5 * math.log(2.0 * math.pi)
-        return _sum_pixels(per_pixel)
+        return _sum_pixels(0.5 * sq + log_std + 0.5 * math.log(2.0 * math.pi))
 
     def mean(self, out: Tensor) -> Tensor:
         return out.clamp(0.0, 1.0)

@@ -7,6 +7,7 @@ wrapper lives in :mod:`vae.module`.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -82,7 +83,7 @@ class MLPEncoder(nn.Module):
         norm: str = "none",
     ) -> None:
         super().__init__()
-        n_pixels = int(torch.tensor(image_shape).prod())
+        n_pixels = math.prod(image_shape)
         self.body = mlp([n_pixels, *hidden_dims], activation, final_activation=True, norm=norm)
         self.head = GaussianHead(hidden_dims[-1], latent_dim, logvar_bound=logvar_bound)
 
@@ -102,7 +103,7 @@ class MLPDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
-        n_pixels = int(torch.tensor(image_shape).prod())
+        n_pixels = math.prod(image_shape)
         self.net = mlp([latent_dim, *reversed(hidden_dims), n_pixels], activation, norm=norm)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -111,8 +112,7 @@ class MLPDecoder(nn.Module):
     @torch.no_grad()
     def set_output_bias(self, out: Tensor) -> None:
         """Set the last layer's bias to ``out`` ``(C, H, W)``: one bias per pixel."""
-        last = self.net[-1]
-        last.bias.copy_(out.flatten())  # (C, H, W) -> (C·H·W,)
+        self.net[-1].bias.copy_(out.flatten())  # (C, H, W) -> (C·H·W,)
 
 
 class ConvEncoder(nn.Module):
@@ -164,7 +164,7 @@ class ConvDecoder(nn.Module):
         for _ in channels:
             sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
         self.start_shape = (channels[-1], *sizes[-1])
-        n_start = channels[-1] * sizes[-1][0] * sizes[-1][1]
+        n_start = math.prod(self.start_shape)
         self.body = mlp(
             [latent_dim, *reversed(hidden_dims), n_start],
             activation,
@@ -174,16 +174,14 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         rev = list(reversed(channels))
         for i, (c_in, c_out) in enumerate(zip(rev, [*rev[1:], c], strict=True)):
-            target = sizes[len(channels) - 1 - i]
-            current = sizes[len(channels) - i]
+            target, current = sizes[len(channels) - 1 - i], sizes[len(channels) - i]
             # output_padding makes 7 -> 14 -> 28 exact (and 4 -> 7 for odd sizes)
             pad = (target[0] - (2 * current[0] - 1), target[1] - (2 * current[1] - 1))
             layers.append(
                 nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)
             )
-            if i < len(channels) - 1:
-                layers.append(ACTIVATIONS[activation]())
-        self.deconv = nn.Sequential(*layers)
+            layers.append(ACTIVATIONS[activation]())
+        self.deconv = nn.Sequential(*layers[:-1])  # no activation after the output layer
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.body(z).unflatten(-1, self.start_shape)  # (B, C'hw) -> (B, C', h, w)
@@ -193,8 +191,7 @@ class ConvDecoder(nn.Module):
     def set_output_bias(self, out: Tensor) -> None:
         """Set the last layer's bias from ``out`` ``(C, H, W)``: a convolution has one per channel,
         the average of ``out`` over the channel's pixels."""
-        last = self.deconv[-1]
-        last.bias.copy_(out.mean(dim=(1, 2)))  # (C, H, W) -> (C,)
+        self.deconv[-1].bias.copy_(out.mean(dim=(1, 2)))  # (C, H, W) -> (C,)
 
 
 class VAE(nn.Module):
