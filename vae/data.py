@@ -30,7 +30,6 @@ import errno
 import gzip
 import hashlib
 import os
-import shutil
 import stat
 import tempfile
 import zlib
@@ -84,30 +83,21 @@ FILES = TRAIN_FILES + TEST_FILES
 # 2017-08-31 10:50:06/27 UTC) all four match torchvision's published MD5s byte for byte, so the
 # deflate streams, and hence these payloads, are the originals.
 SHA256: dict[str, dict[str, str]] = {
-    "mnist": dict(
-        zip(
-            FILES,
-            (
-                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-            ),
-            strict=True,
-        )
-    ),
-    "fashion_mnist": dict(
-        zip(
-            FILES,
-            (
-                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-            ),
-            strict=True,
-        )
-    ),
+    dataset: dict(zip(FILES, sums, strict=True))
+    for dataset, sums in {
+        "mnist": (
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        ),
+        "fashion_mnist": (
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        ),
+    }.items()
 }
 
 # Where the Debian package dataset-fashion-mnist installs the four .gz files.
@@ -239,13 +229,6 @@ def _spec(dataset: str) -> _Spec:
     return _SPECS[dataset]
 
 
-def _search_dirs(dataset: str, root: str | os.PathLike[str]) -> list[Path]:
-    dirs = [Path(root).expanduser() / _spec(dataset).folder / "raw"]
-    if dataset == "fashion_mnist":
-        dirs.append(FASHION_SYSTEM_DIR)
-    return dirs
-
-
 def _find(name: str, dirs: Sequence[Path], hints: DataHints) -> Path | None:
     for d in dirs:
         if not _present(d, kind="directory", hints=hints, raw=dirs[0]):
@@ -278,11 +261,8 @@ def _present(path: Path, *, kind: str, hints: DataHints, raw: Path) -> bool:
         fix = "move it away and put the files in a directory there"
     except PermissionError as err:
         # the outermost directory that may not be entered: the one to chmod
-        parent = next((p for p in reversed(path.parents) if not os.access(p, os.X_OK)), path.parent)
-        path, problem = (
-            parent,
-            f"a directory you may not look into ({err.strerror}, {_mode(parent)})",
-        )
+        path = next((p for p in reversed(path.parents) if not os.access(p, os.X_OK)), path.parent)
+        problem = f"a directory you may not look into ({err.strerror}, {_mode(path)})"
         fix = "make it readable (chmod a+rx)"
     except OSError as err:
         if err.errno != errno.ELOOP:
@@ -345,13 +325,14 @@ def _download(dataset: str, name: str, directory: Path) -> tuple[Path | None, li
     directory.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     filename = f"{name}.gz"
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=directory))
-    try:
+    with tempfile.TemporaryDirectory(
+        prefix=f".{name}.", suffix=".part", dir=directory, ignore_cleanup_errors=True
+    ) as staging:
+        tmp = Path(staging, filename)
         for mirror in spec.mirrors:
             url = f"{mirror}{filename}"
-            tmp = staging / filename
             try:
-                _fetch(url, staging, filename)
+                _fetch(url, tmp.parent, filename)
                 read_idx(tmp, sha256=SHA256[dataset][name])
             except Exception as err:  # network errors come in many types; all mean "next mirror"
                 failures.append(f"{url}: {type(err).__name__}: {err}")
@@ -361,8 +342,6 @@ def _download(dataset: str, name: str, directory: Path) -> tuple[Path | None, li
             os.replace(tmp, final)  # same file system: atomic
             return final, failures
         return None, failures
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def locate_files(
@@ -379,7 +358,9 @@ def locate_files(
     Only presence is checked here; ``read_idx``/``load_split`` verify the contents.
     """
     spec = _spec(dataset)
-    dirs = _search_dirs(dataset, root)
+    dirs = [Path(root).expanduser() / spec.folder / "raw"]
+    if dataset == "fashion_mnist":
+        dirs.append(FASHION_SYSTEM_DIR)
     found = {name: _find(name, dirs, hints) for name in FILES}
     failures: list[str] = []
     if download:
@@ -492,9 +473,7 @@ def _as_int64_rows(images: torch.Tensor) -> torch.Tensor | None:
 def collate_batch(batch: Any) -> Any:
     """Collate function for ``IndexedTensorDataset``: a batch from ``__getitems__`` is returned
     as is; a list of samples (a dataset without ``__getitems__``) falls back to default_collate."""
-    if isinstance(batch, tuple):
-        return batch
-    return default_collate(batch)
+    return batch if isinstance(batch, tuple) else default_collate(batch)
 
 
 class EpochShuffleSampler(RandomSampler):
@@ -664,12 +643,9 @@ class MNISTDataModule(L.LightningDataModule):
             images, labels = load_split(
                 self.dataset, self.root, train=True, download=self.download, hints=self.hints
             )
-            n = images.shape[0]
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-            held_out = torch.zeros(n, dtype=torch.bool)
-            held_out[perm[: self.val_size]] = True
-            self.val_indices = held_out.nonzero().squeeze(1)  # ascending
-            self.train_indices = (~held_out).nonzero().squeeze(1)
+            perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
+            self.val_indices = perm[: self.val_size].sort().values  # ascending
+            self.train_indices = perm[self.val_size :].sort().values
             self.train_dataset = IndexedTensorDataset(
                 images.index_select(0, self.train_indices),
                 labels.index_select(0, self.train_indices),
@@ -752,8 +728,7 @@ class MNISTDataModule(L.LightningDataModule):
         if self.binarize != "dynamic":
             return images
         generator = torch.Generator().manual_seed(derive_seed(("binarize", split, self.seed)))
-        draw = _bernoulli(images.to(torch.float32).div_(255.0), generator)
-        return draw.to(torch.uint8).mul_(255)
+        return to_float(images, binarize="dynamic", generator=generator).to(torch.uint8).mul_(255)
 
     def _maybe_move_to_device(self) -> None:
         if not self.device_resident or self.trainer is None:
