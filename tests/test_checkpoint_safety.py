@@ -1,10 +1,10 @@
 """Loading a checkpoint never runs code from it (issue: checkpoints are data, not code).
 
 A planted checkpoint whose pickle calls ``os.system`` goes through every way the project loads a
-file: ``python train.py ckpt_path=FILE`` and ``python -m vae.visualize FILE`` (real subprocesses),
-``VAEModule.load_from_checkpoint`` and a Trainer's restore (``AtomicCheckpointIO``). Each refuses it
-with one line and the payload's marker file is never created. Real checkpoints hold only plain data
-and still load.
+file: ``python train.py ckpt_path=FILE``, ``python -m vae.visualize FILE`` and ``python -m
+vae.explore FILE`` (real subprocesses), ``VAEModule.load_from_checkpoint`` and a Trainer's restore
+(``AtomicCheckpointIO``). Each refuses it with one line and the payload's marker file is never
+created. Real checkpoints hold only plain data and still load.
 """
 
 from __future__ import annotations
@@ -135,6 +135,17 @@ def test_visualize_refuses_the_payload(planted: tuple[Path, Path], tmp_path: Pat
     assert proc.stderr.splitlines() == [f"error: {path}: {REFUSED}"]
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_explore_refuses_the_payload(planted: tuple[Path, Path], tmp_path: Path) -> None:
+    """``python -m vae.explore FILE`` (the third command that reads a shared checkpoint)."""
+    path, marker = planted
+    out = tmp_path / "page.html"
+    proc = _run("-m", "vae.explore", str(path), "--out", str(out), cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"error: {path}: {REFUSED}"]
+    assert not marker.exists()
+    assert not out.exists()
 
 
 # ---- our own checkpoints: plain data, loadable ---------------------------------------------------
