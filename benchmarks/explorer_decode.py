@@ -141,14 +141,16 @@ def main() -> int:
     pages = {}
     for precision in explore.PRECISIONS:
         start = time.perf_counter()
-        pages[precision] = explore.build_html(
-            module,
-            images=images,
-            labels=ds.labels,
-            class_names=dm.class_names,
-            metrics=metrics,
-            config=explore.config_summary(module, hparams),
-            precision=precision,
+        pages[precision] = explore.render_html(
+            explore.page_payload(
+                module,
+                images=images,
+                labels=ds.labels,
+                class_names=dm.class_names,
+                metrics=metrics,
+                config=explore.config_summary(module, hparams),
+                precision=precision,
+            )
         )
         seconds = time.perf_counter() - start
         size = len(pages[precision].encode())

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -59,6 +61,18 @@ RESUME_METRICS = (
 def run_metrics(run_dir: Path) -> dict[str, float]:
     """The ``metrics`` of ``<run_dir>/metrics.json``."""
     return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+def train_py(*overrides: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python train.py <overrides>`` in a subprocess started in the repository root (output
+    captured, not checked: the caller asserts the exit status)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def compose_config(overrides: Sequence[str] = (), *, output_dir: Path | None = None) -> DictConfig:

@@ -126,6 +126,7 @@ def test_train_py_refuses_the_payload(planted: tuple[Path, Path], tmp_path: Path
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [f"error: ckpt_path={str(path)!r}: {REFUSED}"]
     assert not marker.exists()
+    assert not (tmp_path / "run").exists()  # refused before Hydra makes the run directory
 
 
 def test_visualize_refuses_the_payload(planted: tuple[Path, Path], tmp_path: Path) -> None:

@@ -288,8 +288,10 @@ def test_payload_points_are_the_posterior_means_kl_and_images(test_images: tuple
     """The embedded points, labels, KL and images, read back from the HTML, against torch."""
     images, labels = test_images
     module = make_module(latent_dim=2)
-    html = explore.build_html(
-        module, images=images, labels=labels, class_names=DIGITS, max_points=120
+    html = explore.render_html(
+        explore.page_payload(
+            module, images=images, labels=labels, class_names=DIGITS, max_points=120
+        )
     )
     p = _payload(html)
     idx = _blob_array(p["points"]["indices"], np.int32)
@@ -315,7 +317,11 @@ def test_pca_plane_for_latent_dim_above_two(test_images: tuple) -> None:
 
     images, labels = test_images
     module = make_module(latent_dim=5)
-    p = _payload(explore.build_html(module, images=images, labels=labels, class_names=DIGITS))
+    p = _payload(
+        explore.render_html(
+            explore.page_payload(module, images=images, labels=labels, class_names=DIGITS)
+        )
+    )
     with torch.no_grad():
         mu = module.encode(images)[0]
     pca = pca_2d(mu)
@@ -330,8 +336,13 @@ def test_pca_plane_for_latent_dim_above_two(test_images: tuple) -> None:
 
 def test_script_text_in_class_names_cannot_break_out_of_the_payload() -> None:
     names = ["</script><script>alert(1)</script>", *DIGITS[1:]]
-    html = explore.build_html(
-        make_module(), images=_synthetic_images(20), labels=torch.arange(20) % 10, class_names=names
+    html = explore.render_html(
+        explore.page_payload(
+            make_module(),
+            images=_synthetic_images(20),
+            labels=torch.arange(20) % 10,
+            class_names=names,
+        )
     )
     assert html.count("</script>") == 3  # payload, model.js, explorer.js
     assert _payload(html)["class_names"][0] == names[0]
@@ -460,18 +471,20 @@ def default_page(
     """The page of a default-architecture model (MLP 512-256, LayerNorm, latent 2), float32."""
     images, labels = test_images
     module = make_module(hidden_dims=(512, 256))
-    html = explore.build_html(
-        module,
-        images=images,
-        labels=labels,
-        class_names=DIGITS,
-        metrics={
-            "test/loss": 145.2,
-            "test/nll_iw": 143.6,
-            "test/kl": 6.0,
-            "test/active_units": 2.0,
-        },
-        precision="float32",
+    html = explore.render_html(
+        explore.page_payload(
+            module,
+            images=images,
+            labels=labels,
+            class_names=DIGITS,
+            metrics={
+                "test/loss": 145.2,
+                "test/nll_iw": 143.6,
+                "test/kl": 6.0,
+                "test/active_units": 2.0,
+            },
+            precision="float32",
+        )
     )
     page = Page(browser, html, tmp_path_factory.mktemp("page") / "explorer.html")
     yield page, module, images, labels
@@ -514,8 +527,14 @@ def test_page_float16_and_float32_for_other_models(
     module = make_module(**kwargs)
     z = _latents(module.latent_dim, n=8)
     for precision, reference in (("float32", module), ("float16", _rounded_to_float16(module))):
-        html = explore.build_html(
-            module, images=images[:50], labels=labels[:50], class_names=DIGITS, precision=precision
+        html = explore.render_html(
+            explore.page_payload(
+                module,
+                images=images[:50],
+                labels=labels[:50],
+                class_names=DIGITS,
+                precision=precision,
+            )
         )
         page = Page(browser, html, tmp_path / f"{precision}.html")
         decoded = torch.tensor(
@@ -675,8 +694,10 @@ def test_fashion_mnist_labels_are_named(browser: Any, test_images: tuple, tmp_pa
 
     names = FashionMNISTDataModule(root=tmp_path).class_names
     images, labels = test_images
-    html = explore.build_html(
-        make_module(), images=images[:40], labels=labels[:40], class_names=names
+    html = explore.render_html(
+        explore.page_payload(
+            make_module(), images=images[:40], labels=labels[:40], class_names=names
+        )
     )
     page = Page(browser, html, tmp_path / "fashion.html")
     legend = page.text("#legend")

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, TINY, compose_config
+from conftest import TINY, compose_config, train_py
 from test_model import _linear_gaussian_module
 from torch.distributions import Bernoulli, Normal
 
@@ -152,13 +150,7 @@ def test_ddp_nll_iw_equals_a_single_process_evaluation(tmp_path: Path) -> None:
         f"paths.output_dir={run_dir}",
         f"hydra.run.dir={tmp_path / 'hydra'}",
     ]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = train_py(*overrides)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert ddp["test/num_images"] == 600

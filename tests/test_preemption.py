@@ -84,8 +84,10 @@ def test_a_signal_mid_epoch_saves_that_step_and_the_resume_is_exact(
         assert resumed[key] == uninterrupted[key], (key, resumed[key], uninterrupted[key])
 
 
-def _train_py(*args: str, cwd: Path = ROOT, **kwargs) -> subprocess.Popen:
-    env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
+def _train_py(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.Popen:
+    env = (dict(os.environ) if env is None else env) | {"PYTHONPATH": str(ROOT / "tests")}
     cmd = [sys.executable, str(ROOT / "train.py"), *args, "data.download=false"]
     return subprocess.Popen(
         cmd,
@@ -110,11 +112,17 @@ def _wait_for_step(marker: Path, proc: subprocess.Popen, step: int, timeout: flo
 
 @pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
 def test_sigterm_to_a_real_run_exits_143_with_one_line(trainer: str, tmp_path: Path) -> None:
-    """What SLURM / Kubernetes do before preemption; under DDP too (2 gloo processes)."""
+    """What SLURM / Kubernetes do before preemption; under DDP too (2 gloo processes).
+
+    The single-process run starts in another working directory with a relative ``VAE_DATA_DIR``;
+    the printed command resumes it from the repository root in a shell without that variable.
+    """
     run_dir, marker = tmp_path / "run", tmp_path / "step"
     args = [*RESUME_RUN, f"trainer={trainer}", "test=false", f"hydra.run.dir={run_dir}"]
     args += ["+callbacks.mark._target_=test_preemption.Marker", f"+callbacks.mark.path={marker}"]
-    proc = _train_py(*args)
+    data = Path(os.environ.get("VAE_DATA_DIR", ROOT / "data")).absolute()
+    elsewhere = os.environ | {"VAE_DATA_DIR": os.path.relpath(data, tmp_path)}
+    proc = _train_py(*args, cwd=tmp_path, env=elsewhere) if trainer == "cpu" else _train_py(*args)
     _wait_for_step(marker, proc, 10)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -129,10 +137,15 @@ def test_sigterm_to_a_real_run_exits_143_with_one_line(trainer: str, tmp_path: P
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step
     if trainer == "cpu":  # the printed command resumes the run, in its own directory
         resume = shlex.split(match.group(3))[2:]
+        roots = [Path(a.split("=", 1)[1]) for a in resume if a.startswith("data.root=")]
+        assert len(roots) == 1, resume
+        assert roots[0].is_absolute(), resume  # the root the run read, from any directory
+        assert roots[0].resolve() == data.resolve(), resume
+        without = {k: v for k, v in os.environ.items() if k != "VAE_DATA_DIR"}
         done = subprocess.run(
             [sys.executable, str(ROOT / "train.py"), *resume],
             cwd=ROOT,
-            env=os.environ | {"PYTHONPATH": str(ROOT / "tests")},
+            env=without | {"PYTHONPATH": str(ROOT / "tests")},
             capture_output=True,
             text=True,
             timeout=300,

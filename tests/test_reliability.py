@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import RESUME_METRICS, RESUME_RUN, ROOT, TINY, compose_config, run_metrics
+from conftest import RESUME_METRICS, RESUME_RUN, ROOT, TINY, compose_config, run_metrics, train_py
 
 from vae.data import MNISTDataModule
 from vae.module import VAEModule
@@ -112,13 +112,7 @@ def test_ddp_metrics_equal_a_single_process_evaluation(tmp_path: Path) -> None:
         f"paths.output_dir={run_dir}",
         f"hydra.run.dir={tmp_path / 'hydra'}",  # Hydra's own files: not in the repository's logs/
     ]
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = train_py(*overrides)
     assert done.returncode == 0, done.stderr[-3000:]
     logged = run_metrics(run_dir)
     assert logged["val/num_images"] == 1001

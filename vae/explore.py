@@ -424,33 +424,6 @@ def render_html(payload: Mapping[str, Any]) -> str:
     return html.replace("{{PAYLOAD}}", text, 1)
 
 
-def build_html(
-    module: Any,
-    *,
-    images: Tensor,
-    labels: Tensor,
-    class_names: Sequence[str],
-    metrics: Mapping[str, float] | None = None,
-    config: Mapping[str, str] | None = None,
-    precision: str = DEFAULT_PRECISION,
-    max_points: int | None = None,
-) -> str:
-    """The explorer page of ``module`` (a :class:`vae.module.VAEModule`) as one HTML string: the
-    arguments are :func:`page_payload`'s, the page is :func:`render_html` of its payload."""
-    return render_html(
-        page_payload(
-            module,
-            images=images,
-            labels=labels,
-            class_names=class_names,
-            metrics=metrics,
-            config=config,
-            precision=precision,
-            max_points=max_points,
-        )
-    )
-
-
 def weights_fingerprint(module: Any) -> str:
     """SHA-256 of every tensor of ``module.state_dict()`` (names, shapes, dtypes and bytes)."""
     digest = hashlib.sha256()
@@ -541,15 +514,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         dm = MNISTDataModule(**(dict(hparams) | {"download": False} | root))
         dm.setup("test")
         ds = dm.test_dataset
-        html = build_html(
-            module,
-            images=dm.to_float(ds.images),
-            labels=ds.labels,
-            class_names=dm.class_names,
-            metrics=metrics,
-            config=config_summary(module, hparams, environment=visualize.run_environment(run_dir)),
-            precision=args.precision,
-            max_points=args.max_points,
+        html = render_html(
+            page_payload(
+                module,
+                images=dm.to_float(ds.images),
+                labels=ds.labels,
+                class_names=dm.class_names,
+                metrics=metrics,
+                config=config_summary(
+                    module, hparams, environment=visualize.run_environment(run_dir)
+                ),
+                precision=args.precision,
+                max_points=args.max_points,
+            )
         )
         out = write_page(args.out or run_dir / FILENAME, html)
     except DatasetError as err:

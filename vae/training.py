@@ -27,7 +27,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vae.checkpointing import AtomicCheckpointIO, check_resumable, remove_stale_temp_files
+from vae.checkpointing import (
+    AtomicCheckpointIO,
+    check_resumable,
+    load_checkpoint,
+    remove_stale_temp_files,
+)
 from vae.config import validate_config
 from vae.diskspace import disk_full_is_one_line
 from vae.environment import collect_environment, environment_markdown
@@ -88,6 +93,9 @@ class CheckRunDir(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         validate_config(config)
         run_dir = Path(str(config.hydra.run.dir)).absolute()
+        if config.get("ckpt_path") not in (None, "last"):  # a file that is no checkpoint of ours
+            ckpt = resolve_ckpt_path(config.ckpt_path, run_dir)
+            load_checkpoint(ckpt, name=f"ckpt_path={str(ckpt)!r}")  # the message train() gives
         existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             what = "not a directory" if not existing.is_dir() else "not writable"
@@ -187,16 +195,18 @@ def resolve_ckpt_path(value: Any, output_dir: Path) -> Path | None:
     return Path(value).expanduser().absolute()
 
 
-def _resume_command(ckpt: Path, output_dir: Path) -> str:
-    """``python train.py <the same overrides> hydra.run.dir=<run> ckpt_path=<ckpt>``."""
+def _resume_command(ckpt: Path, output_dir: Path, data_root: Path) -> str:
+    """``python train.py <the same overrides> hydra.run.dir=<run> ckpt_path=<ckpt>``, with
+    ``data.root=<absolute root>`` unless it was an override: a root from ``$VAE_DATA_DIR`` (maybe
+    relative) would not be there in another shell or working directory."""
     from hydra.core.hydra_config import HydraConfig
 
     # not initialized when not under @hydra.main (train(cfg) from Python)
     task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    kept = [
-        o for o in task if o.lstrip("+~").split("=", 1)[0] not in ("ckpt_path", "hydra.run.dir")
-    ]
-    args = [*kept, f"hydra.run.dir={output_dir}", f"ckpt_path={ckpt}"]
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in task]
+    kept = [o for o, k in zip(task, keys, strict=True) if k not in ("ckpt_path", "hydra.run.dir")]
+    root = [] if "data.root" in keys else [f"data.root={data_root}"]
+    args = [*kept, *root, f"hydra.run.dir={output_dir}", f"ckpt_path={ckpt}"]
     return "python train.py " + " ".join(shlex.quote(a) for a in args)
 
 
@@ -307,7 +317,7 @@ def _fit_and_test(
         signum = preemption.received
         raise RunInterrupted(
             f"interrupted at step {step} ({signum.name}); resume with: "
-            f"{_resume_command(path, output_dir)}",
+            f"{_resume_command(path, output_dir, datamodule.hparams['root'])}",
             exit_code=128 + int(signum),
         ) from None
 

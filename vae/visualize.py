@@ -398,8 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(*paths, sep="\n")
     env = run_environment(run_dir_of(ckpt))
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # None or partial: no line
-        print(f"run measured on: {format_environment(env)}", file=sys.stderr)
+    with contextlib.suppress(KeyError, TypeError):  # a partial record: no line
+        if env is not None:
+            print(f"run measured on: {format_environment(env)}", file=sys.stderr)
     return 0
 
 
