@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +71,51 @@ def parse_idx_numpy(path: Path) -> np.ndarray:
         n = int.from_bytes(raw[4:8], "big")
         return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, 28, 28)
     raise ValueError(f"{path}: magic {magic:#x}")
+
+
+# ---- a data folder broken one way: (the path a message must name, how the message goes on) ----
+def raw_is_a_file(raw: Path) -> tuple[Path, str]:
+    shutil.rmtree(raw)
+    raw.write_text("not a folder\n")
+    return (
+        raw,
+        "a regular file, not a directory; move it away and put the files in a directory there",
+    )
+
+
+def root_is_a_file(raw: Path) -> tuple[Path, str]:
+    root = raw.parent.parent
+    shutil.rmtree(root)
+    root.write_text("not a folder\n")
+    return root, "a regular file where a directory should be; move it away and put the files in a "
+
+
+def file_is_a_directory(raw: Path) -> tuple[Path, str]:
+    path = raw / f"{NAMES[2]}.gz"
+    path.unlink()
+    path.mkdir()
+    return path, "a directory, not a file; move it away and put the file there"
+
+
+def file_symlink_loop(raw: Path) -> tuple[Path, str]:
+    path = raw / f"{NAMES[2]}.gz"
+    path.unlink()
+    path.symlink_to(path.name)  # points at itself
+    return path, f"a symbolic link loop ({os.strerror(errno.ELOOP)}); point the link at the file"
+
+
+def raw_symlink_loop(raw: Path) -> tuple[Path, str]:
+    shutil.rmtree(raw)
+    raw.symlink_to("raw")
+    return (
+        raw,
+        f"a symbolic link loop ({os.strerror(errno.ELOOP)}); point the link at the directory",
+    )
+
+
+def broken_symlink(raw: Path) -> tuple[Path, str]:
+    path = raw / f"{NAMES[2]}.gz"
+    path.unlink()
+    target = raw.parent / "moved" / path.name
+    path.symlink_to(target)
+    return path, f"a broken symbolic link (to {target}, which does not exist); point it at the file"

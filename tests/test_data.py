@@ -7,14 +7,12 @@ checked against an independent numpy parser of the raw files (``idx_helpers.pars
 
 from __future__ import annotations
 
-import errno
 import functools
 import gzip
 import hashlib
 import math
 import os
 import re
-import shutil
 import urllib.error
 from collections import Counter
 from pathlib import Path
@@ -29,9 +27,15 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from idx_helpers import (
     NAMES,
+    broken_symlink,
     fake_mnist,
+    file_is_a_directory,
+    file_symlink_loop,
     idx_bytes,
     parse_idx_numpy,
+    raw_is_a_file,
+    raw_symlink_loop,
+    root_is_a_file,
     sha256,
     write_fake_raw,
     write_file,
@@ -191,62 +195,15 @@ ROOT_FIX = (
 )
 
 
-def _raw_is_a_file(raw: Path) -> tuple[Path, str]:
-    shutil.rmtree(raw)
-    raw.write_text("not a folder\n")
-    return (
-        raw,
-        "a regular file, not a directory; move it away and put the files in a directory there",
-    )
-
-
-def _root_is_a_file(raw: Path) -> tuple[Path, str]:
-    root = raw.parent.parent
-    shutil.rmtree(root)
-    root.write_text("not a folder\n")
-    return root, "a regular file where a directory should be; move it away and put the files in a "
-
-
-def _file_is_a_directory(raw: Path) -> tuple[Path, str]:
-    path = raw / f"{NAMES[2]}.gz"
-    path.unlink()
-    path.mkdir()
-    return path, "a directory, not a file; move it away and put the file there"
-
-
-def _file_symlink_loop(raw: Path) -> tuple[Path, str]:
-    path = raw / f"{NAMES[2]}.gz"
-    path.unlink()
-    path.symlink_to(path.name)  # points at itself
-    return path, f"a symbolic link loop ({os.strerror(errno.ELOOP)}); point the link at the file"
-
-
-def _raw_symlink_loop(raw: Path) -> tuple[Path, str]:
-    shutil.rmtree(raw)
-    raw.symlink_to("raw")
-    return (
-        raw,
-        f"a symbolic link loop ({os.strerror(errno.ELOOP)}); point the link at the directory",
-    )
-
-
-def _broken_symlink(raw: Path) -> tuple[Path, str]:
-    path = raw / f"{NAMES[2]}.gz"
-    path.unlink()
-    target = raw.parent / "moved" / path.name
-    path.symlink_to(target)
-    return path, f"a broken symbolic link (to {target}, which does not exist); point it at the file"
-
-
 @pytest.mark.parametrize(
     "breaker",
     [
-        _raw_is_a_file,
-        _root_is_a_file,
-        _file_is_a_directory,
-        _file_symlink_loop,
-        _raw_symlink_loop,
-        _broken_symlink,
+        raw_is_a_file,
+        root_is_a_file,
+        file_is_a_directory,
+        file_symlink_loop,
+        raw_symlink_loop,
+        broken_symlink,
     ],
 )
 def test_a_data_path_that_is_not_what_it_should_be_is_named(fake_root: SimpleNamespace, breaker):

@@ -40,7 +40,14 @@ import torch
 from conftest import TINY, compose_config
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from idx_helpers import NAMES, fake_mnist, write_fake_raw
+from idx_helpers import (
+    NAMES,
+    fake_mnist,
+    file_is_a_directory,
+    file_symlink_loop,
+    raw_is_a_file,
+    write_fake_raw,
+)
 from omegaconf import DictConfig, OmegaConf
 
 from vae import data
@@ -257,29 +264,7 @@ def test_bad_data_file_is_one_line_naming_the_file(
     assert snapshot(path.parent) == before  # the broken files are reported, never deleted
 
 
-def _raw_is_a_file(raw: Path) -> tuple[Path, str]:
-    shutil.rmtree(raw)
-    raw.write_text("not a folder\n")
-    return raw, "a regular file, not a directory; "
-
-
-def _data_file_is_a_directory(raw: Path) -> tuple[Path, str]:
-    path = raw / f"{NAMES[0]}.gz"
-    path.unlink()
-    path.mkdir()
-    return path, "a directory, not a file; "
-
-
-def _data_file_symlink_loop(raw: Path) -> tuple[Path, str]:
-    path = raw / f"{NAMES[0]}.gz"
-    path.unlink()
-    path.symlink_to(path.name)
-    return path, f"a symbolic link loop ({os.strerror(errno.ELOOP)}); "
-
-
-@pytest.mark.parametrize(
-    "breaker", [_raw_is_a_file, _data_file_is_a_directory, _data_file_symlink_loop]
-)
+@pytest.mark.parametrize("breaker", [raw_is_a_file, file_is_a_directory, file_symlink_loop])
 def test_a_data_path_of_the_wrong_kind_is_one_line_naming_it(
     breaker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
