@@ -32,7 +32,7 @@ except ModuleNotFoundError as err:
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        from vae.training import run_cli
+        from vae.train.run import run_cli
     except ModuleNotFoundError as err:
         _missing_extra(err)
     return run_cli(cfg)

@@ -1,7 +1,7 @@
 """Does serialising a checkpoint in memory first slow checkpointing down?
 
-``vae.checkpointing.AtomicCheckpointIO.save_checkpoint`` runs ``torch.save`` into a ``BytesIO`` and
-writes the bytes itself (so a full disk is an ``OSError`` with its errno, see vae/diskspace.py).
+``vae.train.checkpointing.AtomicCheckpointIO.save_checkpoint`` runs ``torch.save`` into a ``BytesIO`` and
+writes the bytes itself (so a full disk is an ``OSError`` with its errno, see vae/train/diskspace.py).
 This times it against the previous version, ``torch.save`` straight into the temp file, both
 followed by fsync and ``os.replace``, on a checkpoint of the default model (the weights and Adam's
 two moments, as Lightning saves them: 12.9 MB), alternating the two ``--repeats`` times, and
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from vae.checkpointing import AtomicCheckpointIO
-from vae.module import VAEModule
+from vae.train.checkpointing import AtomicCheckpointIO
+from vae.train.module import VAEModule
 
 
 def default_checkpoint() -> dict:

@@ -1,4 +1,4 @@
-"""Training-epoch throughput: vae.data.MNISTDataModule versus torchvision's canonical recipe.
+"""Training-epoch throughput: vae.train.data.MNISTDataModule versus torchvision's canonical recipe.
 
 A: ``MNISTDataModule`` (all 60,000 training images, ``val_size=0``), its train loader plus the float
    conversion of every batch (``to_float``, what ``on_after_batch_transfer`` does on the device).
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import MNIST
 from torchvision.transforms import ToTensor
 
-from vae.data import FILES, MNISTDataModule
+from vae.train.data import FILES, MNISTDataModule
 
 
 def torchvision_root(root: Path, scratch: Path) -> Path:

@@ -33,9 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vae import explore  # noqa: E402
-from vae.data import MNISTDataModule  # noqa: E402
-from vae.module import VAEModule  # noqa: E402
+from vae.train.data import MNISTDataModule  # noqa: E402
+from vae.train.module import VAEModule  # noqa: E402
+from vae.viz import explore  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -4,7 +4,7 @@ Does a change slow the training path down? Runs ``python train.py experiment=can
 data.val_size=0 trainer.max_epochs=3`` in checkout A (e.g. a ``git worktree`` of the commit before
 the change) and in checkout B (default: this one), A B A B … ``--pairs`` times, each process
 importing its own ``vae`` (``PYTHONPATH``). Printed: training images per second of the two epochs
-after the warm-up (``vae.callbacks.EpochTimer``), the ratio B / A per pair and its median, and the
+after the warm-up (``vae.train.callbacks.EpochTimer``), the ratio B / A per pair and its median, and the
 test −ELBO (nats per image) each reached::
 
     git worktree add --detach /tmp/before <commit>

@@ -124,7 +124,7 @@ def _restore_logging() -> Iterator[None]:
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> dict[str, float]:
     """The final metrics of :data:`RESUME_RUN` trained without interruption (the reference of
     every exact-resume test)."""
-    from vae.training import train
+    from vae.train.run import train
 
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
     train(compose_config(RESUME_RUN, output_dir=run_dir))

@@ -2,7 +2,7 @@
 
 A planted checkpoint whose pickle calls ``os.system`` goes through every way the project loads a
 file: ``python train.py ckpt_path=FILE``, ``python -m vae.visualize FILE`` and ``python -m
-vae.explore FILE`` (real subprocesses), ``VAEModule.load_from_checkpoint`` and a Trainer's restore
+vae.viz.explore FILE`` (real subprocesses), ``VAEModule.load_from_checkpoint`` and a Trainer's restore
 (``AtomicCheckpointIO``). Each refuses it with one line and the payload's marker file is never
 created. Real checkpoints hold only plain data and still load.
 """
@@ -20,10 +20,10 @@ import pytest
 import torch
 from conftest import ROOT
 
-from vae.checkpointing import AtomicCheckpointIO, load_checkpoint
+from vae.core.config import as_dict
 from vae.errors import CheckpointError, UserError
-from vae.hparams import as_dict
-from vae.module import VAEModule
+from vae.train.checkpointing import AtomicCheckpointIO, load_checkpoint
+from vae.train.module import VAEModule
 
 SMALL = {"hidden_dims": [16], "latent_dim": 2}
 
@@ -183,7 +183,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_root: Pat
 
     from conftest import TINY, compose_config
 
-    from vae.training import run_cli
+    from vae.train.run import run_cli
 
     run_dir = tmp_path_factory.mktemp("safe") / "run"
     cfg = compose_config([*TINY, "test=false", "~callbacks.visualize"], output_dir=run_dir)

@@ -13,10 +13,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from vae.callbacks import EpochTimer, ExplorerWriter, LatentVisualizer, RoundedProgressBar
-from vae.config import validate_config
-from vae.data import MNISTDataModule
-from vae.training import _instantiate_all, build_module
+from vae.train.callbacks import EpochTimer, RoundedProgressBar
+from vae.train.config import validate_config
+from vae.train.data import MNISTDataModule
+from vae.train.run import _instantiate_all, build_module
+from vae.viz.callbacks import ExplorerWriter, LatentVisualizer
 
 
 def _options(group: str) -> list[str]:

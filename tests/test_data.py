@@ -1,6 +1,6 @@
-"""vae.data: IDX reading and verification, downloads (faked), the DataModule, on real MNIST too.
+"""vae.train.data: IDX reading and verification, downloads (faked), the DataModule, on real MNIST too.
 
-Nothing here touches the network: downloads go through a monkeypatched ``vae.data._fetch``.
+Nothing here touches the network: downloads go through a monkeypatched ``vae.train.data._fetch``.
 Real MNIST comes from ``$VAE_DATA_DIR`` (skipped when unset) and is loaded once per module; it is
 checked against an independent numpy parser of the raw files (``idx_helpers.parse_idx_numpy``).
 """
@@ -43,9 +43,9 @@ from idx_helpers import (
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
-from vae import data
-from vae.config import ConfigError, UserError
-from vae.data import (
+from vae.train import data
+from vae.train.config import ConfigError, UserError
+from vae.train.data import (
     DataHints,
     DatasetError,
     EpochShuffleSampler,

@@ -1,4 +1,4 @@
-"""vae.environment records where a run ran: each field against the thing it names, asked independently."""
+"""vae.train.environment records where a run ran: each field against what it names, asked independently."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ import torch
 import torchvision
 from conftest import ROOT
 
-from vae.environment import collect_environment, environment_markdown, format_environment, git_state
+from vae.train.environment import (
+    collect_environment,
+    environment_markdown,
+    format_environment,
+    git_state,
+)
 
 needs_git = pytest.mark.skipif(
     shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs git and a checkout"
@@ -137,7 +142,7 @@ def test_summary_line_and_markdown() -> None:
 def test_a_run_records_its_environment(make_cfg, mnist_root: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from vae.training import train
+    from vae.train.run import train
 
     cfg = make_cfg("callbacks=none", f"data.root={mnist_root}")
     train(cfg)

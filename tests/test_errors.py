@@ -1,6 +1,6 @@
 """A catalogue of bad inputs (docs/errors.md): what the user sees, and that nothing is lost.
 
-Every case goes through the user-facing path: ``vae.training.run_cli(cfg)`` in-process (a
+Every case goes through the user-facing path: ``vae.train.run.run_cli(cfg)`` in-process (a
 ``UserError`` becomes ``SystemExit(2)`` and one ``error: ...`` line on stderr), and a few real
 ``python train.py ...`` subprocesses prove the whole command line prints one line and no traceback.
 The subprocesses are started when this module's first test runs and collected by the CLI tests, so
@@ -50,15 +50,15 @@ from idx_helpers import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from vae import data
-from vae.checkpointing import AtomicCheckpointIO, check_resumable, remove_stale_temp_files
-from vae.config import ConfigError
-from vae.diskspace import file_system, format_bytes
+from vae.core.config import ModelConfig
 from vae.errors import DiskFullError
-from vae.hparams import ModelConfig
-from vae.losses import discrete_kl
-from vae.module import VAEModule
-from vae.training import build_module, run_cli, train
+from vae.kl import discrete_kl
+from vae.train import data
+from vae.train.checkpointing import AtomicCheckpointIO, check_resumable, remove_stale_temp_files
+from vae.train.config import ConfigError
+from vae.train.diskspace import file_system, format_bytes
+from vae.train.module import VAEModule
+from vae.train.run import build_module, run_cli, train
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER_OPTIONS = sorted(p.stem for p in (REPO / "configs" / "trainer").glob("*.yaml"))
@@ -567,13 +567,13 @@ def _write_bad_checkpoint(kind: str, path: Path) -> None:
         ),
         (
             "other_dict",
-            "not a checkpoint of vae.module.VAEModule (it holds a dict with keys weights, "
+            "not a checkpoint of vae.train.module.VAEModule (it holds a dict with keys weights, "
             "no state_dict)",
         ),
-        ("a_list", "not a checkpoint of vae.module.VAEModule (it holds a list)"),
+        ("a_list", "not a checkpoint of vae.train.module.VAEModule (it holds a list)"),
         (
             "other_lightning_model",
-            "not a checkpoint of vae.module.VAEModule (a Lightning checkpoint of another model: "
+            "not a checkpoint of vae.train.module.VAEModule (a Lightning checkpoint of another model: "
             "its hyper_parameters have no model config)",
         ),
     ],
@@ -596,7 +596,7 @@ def test_a_save_killed_before_its_rename_leaves_a_temp_file_the_next_start_remov
     directory.mkdir()
     code = (
         "import os, signal, sys, torch\n"
-        "from vae.checkpointing import AtomicCheckpointIO\n"
+        "from vae.train.checkpointing import AtomicCheckpointIO\n"
         "os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # killed mid-save\n"
         "AtomicCheckpointIO().save_checkpoint({'w': torch.zeros(1000)}, sys.argv[1])\n"
     )
@@ -814,7 +814,7 @@ def test_nonfinite_message_points_at_the_kept_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------------
-# discrete KL inputs (vae.losses.discrete_kl): a ValueError naming the problem
+# discrete KL inputs (vae.kl.discrete_kl): a ValueError naming the problem
 
 
 @pytest.mark.parametrize(

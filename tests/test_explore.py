@@ -1,4 +1,4 @@
-"""The latent-space explorer (vae/explore.py): its JavaScript forward pass against torch, in Node
+"""The latent-space explorer (vae/viz/explore.py): its JavaScript forward pass against torch, in Node
 and in a real (headless Debian Chromium) browser, the page's interactions, the CLI and the callback.
 
 References are torch itself: ``VAEModule.decode`` / ``encode`` in float32 for the page with float32
@@ -33,11 +33,11 @@ import torch
 from torch import Tensor
 from torch.distributions import ContinuousBernoulli
 
-from vae import explore
-from vae.environment import collect_environment, format_environment
-from vae.losses import gaussian_kl_per_dim
-from vae.model import ACTIVATIONS
-from vae.module import VAEModule
+from vae.core.networks import ACTIVATIONS
+from vae.kl import gaussian_kl_per_dim
+from vae.train.environment import collect_environment, format_environment
+from vae.train.module import VAEModule
+from vae.viz import explore
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_JS = ROOT / "vae" / "explorer" / "model.js"
@@ -101,7 +101,7 @@ def test_images() -> tuple[Tensor, Tensor]:
     """300 MNIST test images and labels from VAE_DATA_DIR, else synthetic ones (never skips)."""
     root = os.environ.get("VAE_DATA_DIR")
     if root and (Path(root) / "MNIST" / "raw").is_dir():
-        from vae.data import load_split, to_float
+        from vae.train.data import load_split, to_float
 
         images, labels = load_split("mnist", root, train=False, download=False)
         return to_float(images[:300]), labels[:300]
@@ -312,8 +312,8 @@ def test_payload_points_are_the_posterior_means_kl_and_images(test_images: tuple
 
 
 def test_pca_plane_for_latent_dim_above_two(test_images: tuple) -> None:
-    """latent_dim 5: the plane is the PCA plane of the posterior means (vae.plots.pca_2d)."""
-    from vae.plots import pca_2d
+    """latent_dim 5: the plane is the PCA plane of the posterior means (vae.viz.plots.pca_2d)."""
+    from vae.viz.plots import pca_2d
 
     images, labels = test_images
     module = make_module(latent_dim=5)
@@ -690,7 +690,7 @@ def test_page_makes_no_network_request_and_is_not_blank(default_page: tuple) -> 
 
 
 def test_fashion_mnist_labels_are_named(browser: Any, test_images: tuple, tmp_path: Path) -> None:
-    from vae.data import FashionMNISTDataModule
+    from vae.train.data import FashionMNISTDataModule
 
     names = FashionMNISTDataModule(root=tmp_path).class_names
     images, labels = test_images
@@ -713,8 +713,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from conftest import TINY, compose_config
     from idx_helpers import fake_mnist, write_fake_raw
 
-    from vae import data
-    from vae.training import train
+    from vae.train import data
+    from vae.train.run import train
 
     tmp = tmp_path_factory.mktemp("explore_run")
     sums = write_fake_raw(tmp / "data" / "MNIST" / "raw", fake_mnist(n_train=400, n_test=120))
@@ -748,7 +748,7 @@ def test_callback_writes_the_page_with_the_test_numbers(tiny_run: tuple) -> None
 def test_callback_can_be_turned_off(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from vae.callbacks import ExplorerWriter
+    from vae.viz.callbacks import ExplorerWriter
 
     trainer = SimpleNamespace(is_global_zero=True, default_root_dir=str(tmp_path))
     assert ExplorerWriter(enabled=False)._write(trainer, None) is None
@@ -760,8 +760,8 @@ def test_callback_can_be_turned_off(tmp_path: Path) -> None:
 def test_callback_rewrites_only_the_numbers_while_the_weights_are_the_same(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from vae.callbacks import ExplorerWriter
-    from vae.data import to_float
+    from vae.train.data import to_float
+    from vae.viz.callbacks import ExplorerWriter
 
     images = (_synthetic_images(30) * 255).round().to(torch.uint8)
     dm = SimpleNamespace(
@@ -781,7 +781,7 @@ def test_callback_rewrites_only_the_numbers_while_the_weights_are_the_same(tmp_p
     module, writer = make_module(), ExplorerWriter()
     trainer.callback_metrics = {"val/loss": torch.tensor(150.0)}
     first = _payload(writer._write(trainer, module).read_text())
-    # where the numbers were measured: the line metrics.json and vae.visualize show
+    # where the numbers were measured: the line metrics.json and vae.viz.figures show
     env = collect_environment(device="cpu", precision="32-true")
     assert dict(first["config"])["measured on"] == format_environment(env)
     trainer.callback_metrics = {"test/loss": torch.tensor(140.0)}
@@ -802,7 +802,7 @@ def test_cli_writes_the_page_of_a_checkpoint_and_serves_it(tiny_run: tuple, tmp_
     env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
     script = (
         "import sys; from vae import data; data.SHA256['mnist'] = " + repr(sums) + "; "
-        "from vae.explore import main; sys.exit(main(sys.argv[1:]))"
+        "from vae.viz.explore import main; sys.exit(main(sys.argv[1:]))"
     )
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(

@@ -18,8 +18,8 @@ from conftest import TINY, compose_config, train_py
 from test_model import _linear_gaussian_module
 from torch.distributions import Bernoulli, Normal
 
-from vae.data import MNISTDataModule
-from vae.module import IW_NOISE_BLOCK, VAEModule
+from vae.train.data import MNISTDataModule
+from vae.train.module import IW_NOISE_BLOCK, VAEModule
 
 MODEL = {"latent_dim": 3, "hidden_dims": [16], "likelihood": "bernoulli"}
 

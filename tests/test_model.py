@@ -11,16 +11,16 @@ from scipy import integrate, special, stats
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, MultivariateNormal
 
-from vae.likelihoods import (
+from vae.core.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     GaussianLikelihood,
     build_likelihood,
 )
-from vae.losses import gaussian_kl
-from vae.model import build_vae, soft_clamp
-from vae.module import VAEModule
+from vae.core.networks import build_vae, soft_clamp
+from vae.kl import gaussian_kl
+from vae.train.module import VAEModule
 
 MODEL = {
     "architecture": "mlp",

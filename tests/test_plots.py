@@ -1,4 +1,4 @@
-"""Tests for vae.plots, with numbers checked against independent references (numpy, scipy, PIL).
+"""Tests for vae.viz.plots, with numbers checked against independent references (numpy, scipy, PIL).
 
 No model: fake decoders write their latent code into pixel intensities, so each tile can be traced
 back to the latent point it was decoded from.
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from scipy.stats import norm
 
-from vae import plots
+from vae.viz import plots
 
 TILE = 28
 PAD = 2  # the documented grid padding

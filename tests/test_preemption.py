@@ -23,7 +23,7 @@ import torch
 from conftest import RESUME_METRICS, RESUME_RUN, ROOT, compose_config, run_metrics
 
 from vae.errors import ConfigError, RunInterrupted
-from vae.training import run_cli, train
+from vae.train.run import run_cli, train
 
 pytestmark = pytest.mark.usefixtures("mnist_root")
 

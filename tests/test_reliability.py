@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import RESUME_METRICS, RESUME_RUN, ROOT, TINY, compose_config, run_metrics, train_py
 
-from vae.data import MNISTDataModule
-from vae.module import VAEModule
-from vae.training import train
+from vae.train.data import MNISTDataModule
+from vae.train.module import VAEModule
+from vae.train.run import train
 
 pytestmark = pytest.mark.usefixtures("mnist_root")
 

@@ -20,7 +20,7 @@ from conftest import ROOT, TINY, compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from vae.report import (
+from vae.train.report import (
     CURATED_KEYS,
     HPARAM_METRICS,
     SHOWN_FIRST,

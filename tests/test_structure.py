@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,16 +14,22 @@ import torch
 from conftest import ROOT, compose_config
 from omegaconf import OmegaConf
 
-from vae import hparams
-from vae.data import DATA_RULES, MNISTDataModule
+from vae.core import config as hparams
+from vae.core.networks import build_vae
+from vae.core.seeding import derive_seed
 from vae.errors import ConfigError
-from vae.model import build_vae
-from vae.module import EVAL_NOISE_BLOCK, VAEModule
-from vae.seeding import derive_seed
-from vae.training import build_module
-from vae.visualize import FigureOptions
+from vae.train.data import DATA_RULES, MNISTDataModule
+from vae.train.module import EVAL_NOISE_BLOCK, VAEModule
+from vae.train.run import build_module
+from vae.viz.figures import FigureOptions
 
 PACKAGE = ROOT / "vae"
+
+
+def _module_name(path: Path) -> str:
+    """``vae/train/run.py`` → ``vae.train.run``; a package's ``__init__.py`` → the package."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _imports(path: Path) -> set[str]:
@@ -29,35 +37,73 @@ def _imports(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vae"):
-            if node.module == "vae":  # from vae import plots
-                found |= {
-                    f"vae.{a.name}" for a in node.names if (PACKAGE / f"{a.name}.py").exists()
-                }
-            else:
-                found.add(node.module)
+            for alias in node.names:  # `from vae.viz import plots` imports vae.viz.plots
+                sub = f"{node.module}.{alias.name}"
+                is_module = (ROOT / sub.replace(".", "/")).with_suffix(".py").exists()
+                found.add(sub if is_module else node.module)
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("vae.")}
     return found
 
 
+GRAPH = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+#: each layer imports only the layers before it: the KL library and the foundations, then core,
+#: then the training application, then the visualisation (and the command entry points)
+LAYERS = (
+    ("vae.kl", "vae.errors", "vae.rules"),
+    ("vae.core",),
+    ("vae.train",),
+    ("vae.viz", "vae.visualize", "vae.explore", "vae.losses", "vae"),
+)
+
+
+def _layer(module: str) -> int:
+    for rank, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    raise AssertionError(f"{module} is in no layer")
+
+
 def test_the_import_graph_has_no_cycle() -> None:
-    graph = {f"vae.{p.stem}": _imports(p) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
     state: dict[str, str] = {}
 
     def visit(node: str, stack: list[str]) -> None:
         state[node] = "open"
-        for dep in sorted(graph.get(node, ())):
+        for dep in sorted(GRAPH.get(node, ())):
             if state.get(dep) == "open":
                 pytest.fail("import cycle: " + " → ".join([*stack, node, dep]))
             if dep not in state:
                 visit(dep, [*stack, node])
         state[node] = "done"
 
-    for module in sorted(graph):
+    for module in sorted(GRAPH):
         if module not in state:
             visit(module, [])
-    assert graph["vae.checkpointing"].isdisjoint({"vae.module", "vae.training"})
-    assert "vae.data" not in graph["vae.rules"] | graph["vae.errors"]
+    assert GRAPH["vae.train.checkpointing"].isdisjoint({"vae.train.module", "vae.train.run"})
+
+
+def test_imports_point_one_way_core_then_train_then_viz() -> None:
+    upward = [
+        f"{module} imports {dep}"
+        for module, deps in GRAPH.items()
+        if module != "vae"  # the package re-exports the KL library
+        for dep in deps
+        if _layer(dep) > _layer(module)
+    ]
+    assert upward == []
+    assert GRAPH["vae.kl"] == set()  # the KL library stands alone
+
+
+def test_the_torch_only_part_loads_no_training_stack() -> None:
+    """``import vae.kl`` and the core load torch and nothing of the training or plotting stack."""
+    code = (
+        "import sys, vae.kl, vae.core.networks, vae.core.likelihoods, vae.core.config, "
+        "vae.core.objective, vae.core.seeding; "
+        "print(sorted(m for m in ('lightning', 'hydra', 'omegaconf', 'matplotlib', "
+        "'torchvision', 'tensorboard') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_nothing_loads_with_weights_only_false() -> None:
@@ -73,7 +119,7 @@ def test_nothing_loads_with_weights_only_false() -> None:
 def test_user_errors_are_defined_in_one_module() -> None:
     defined = [
         f"{p.stem}.{node.name}"
-        for p in PACKAGE.glob("*.py")
+        for p in PACKAGE.rglob("*.py")
         for node in ast.walk(ast.parse(p.read_text()))
         if isinstance(node, ast.ClassDef) and node.name.endswith("Error")
     ]
@@ -125,8 +171,8 @@ def test_the_data_module_defaults_are_the_yaml_values() -> None:
 
 
 def test_the_network_builder_defaults_are_the_model_config_defaults() -> None:
-    """``build_vae`` cannot import :mod:`vae.hparams` (which imports the option lists from
-    :mod:`vae.model`), so its keyword defaults are a second copy: this keeps them equal."""
+    """``build_vae`` cannot import :mod:`vae.core.config` (which imports the option lists from
+    :mod:`vae.core.networks`), so its keyword defaults are a second copy: this keeps them equal."""
     params = inspect.signature(build_vae).parameters
     config = hparams.as_dict(hparams.ModelConfig())
     defaults = {k: p.default for k, p in params.items() if k != "image_shape"}

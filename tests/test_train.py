@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vae.config import ConfigError
-from vae.module import VAEModule
-from vae.training import build_module, train
+from vae.train.config import ConfigError
+from vae.train.module import VAEModule
+from vae.train.run import build_module, train
 
 pytestmark = pytest.mark.usefixtures("mnist_root")
 

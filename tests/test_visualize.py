@@ -34,15 +34,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.projector import projector_config_pb2
 from torch import Tensor
 
-from vae import plots, visualize
-from vae.callbacks import LatentVisualizer
-from vae.data import MNISTDataModule
-from vae.environment import format_environment
-from vae.module import VAEModule
-from vae.training import build_module, train
-from vae.visualize import FIGURES, FigureOptions, render_figures, to_images
+from vae.train.data import MNISTDataModule
+from vae.train.environment import format_environment
+from vae.train.module import VAEModule
+from vae.train.run import build_module, train
+from vae.viz import figures as visualize
+from vae.viz import plots
+from vae.viz.callbacks import LatentVisualizer
+from vae.viz.figures import FIGURES, FigureOptions, render_figures, to_images
 
-TILE, PAD = 28, 2  # MNIST tiles; make_grid padding of every grid in vae.plots
+TILE, PAD = 28, 2  # MNIST tiles; make_grid padding of every grid in vae.viz.plots
 EPOCHS = 2
 PROJECTOR_POINTS = 500
 
@@ -119,7 +120,7 @@ def test_split(mnist_root: Path) -> tuple[Tensor, Tensor]:
 
 @pytest.fixture(scope="module")
 def raw_test_labels(mnist_root: Path) -> np.ndarray:
-    """The test labels read straight from the IDX file (8-byte header), independent of vae.data."""
+    """The test labels read straight from the IDX file (8-byte header), independent of vae.train.data."""
     data = gzip.decompress(
         (mnist_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").read_bytes()
     )

@@ -20,7 +20,7 @@ class DatasetError(UserError, RuntimeError):
 
 
 class CheckpointError(UserError, ValueError):
-    """A file that is not a loadable checkpoint of :class:`vae.module.VAEModule`, or one that would
+    """A file that is not a loadable checkpoint of :class:`vae.train.module.VAEModule`, or one that would
     run code when loaded (refused before anything in it runs)."""
 
 
@@ -39,7 +39,7 @@ class RunInterrupted(Exception):
 
 class DiskFullError(UserError):
     """A write failed for lack of space (ENOSPC) or quota (EDQUOT); the message names the file, its
-    file system, the space needed and free, and what was kept (:mod:`vae.diskspace` builds it)."""
+    file system, the space needed and free, and what was kept (:mod:`vae.train.diskspace` builds it)."""
 
 
 class ExplorerError(UserError, ValueError):

@@ -1,7 +1,7 @@
 """The networks: encoders q(z | x), decoders p(x | z) and the :class:`VAE` that ties them together.
 
 Plain ``nn.Module``s with every size taken from arguments (the Hydra ``model`` config); the Lightning
-wrapper lives in :mod:`vae.module`.
+wrapper lives in :mod:`vae.train.module`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vae.likelihoods import build_likelihood
+from vae.core.likelihoods import build_likelihood
 
 ARCHITECTURES = ("mlp", "conv")
 #: normalisation of the MLP hidden layers (``model.norm``)
@@ -215,7 +215,7 @@ class VAE(nn.Module):
 
         Before any training the decoder's output is then close to the mean image instead of 0.5
         everywhere, which saves the first few hundred steps of learning it (a common data-dependent
-        initialisation). :class:`vae.module.VAEModule` calls this once,
+        initialisation). :class:`vae.train.module.VAEModule` calls this once,
         before the first step, with the training split's mean; a resumed run keeps its weights.
         """
         m = pixel_mean.to(torch.float64).clamp(eps, 1.0 - eps)

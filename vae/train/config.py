@@ -3,11 +3,11 @@
 Every problem raises :class:`~vae.errors.ConfigError` with one line naming the key, the value and
 what is allowed, e.g. ``model.latent_dim=0: expected an integer ≥ 1``. Each key has one rule,
 declared beside what it configures: the ``model`` / ``optim`` / ``eval`` fields in
-:mod:`vae.hparams`, the ``data`` keys in :data:`vae.data.DATA_RULES` (the data module applies the
-same rules when it is built), the figure options in :class:`vae.visualize.FigureOptions`, the few
+:mod:`vae.core.config`, the ``data`` keys in :data:`vae.train.data.DATA_RULES` (the data module applies the
+same rules when it is built), the figure options in :class:`vae.viz.figures.FigureOptions`, the few
 top-level, ``paths`` and ``trainer`` keys below. A key that does not exist (``+model.latnet_dim=3``)
 is refused with the closest valid name: the keys of a section are its dataclass's fields, or the
-arguments of the class its ``_target_`` names. ``vae.training.CheckRunDir`` runs these checks before
+arguments of the class its ``_target_`` names. ``vae.train.run.CheckRunDir`` runs these checks before
 Hydra creates the run directory, for every job of a sweep before the first one starts.
 docs/errors.md lists what the user sees.
 """
@@ -22,8 +22,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vae import hparams
-from vae.data import DATA_RULES
+from vae.core import config as hparams
 from vae.errors import ConfigError, UserError
 from vae.rules import (
     Rule,
@@ -37,7 +36,6 @@ from vae.rules import (
     path,
     refuse_unknown,
 )
-from vae.visualize import FigureOptions
 
 __all__ = ["RULES", "ConfigError", "UserError", "validate_config"]
 
@@ -64,13 +62,6 @@ RULES: dict[str, Rule] = {
     **hparams.rules("model"),
     **hparams.rules("optim"),
     **hparams.rules("eval"),
-    **{f"data.{key}": rule for key, rule in DATA_RULES.items()},
-    **{
-        f"callbacks.visualize.{f.name}": f.metadata["rule"]
-        for f in dataclasses.fields(FigureOptions)
-    },
-    "callbacks.visualize.every_n_epochs": int_at_least(0),
-    "callbacks.visualize.projector_points": optional(int_at_least(1)),
     "trainer.max_epochs": int_at_least(1),
     "trainer.accelerator": one_of(ACCELERATORS),
     "trainer.precision": one_of(PRECISIONS),
@@ -92,17 +83,36 @@ def _select(cfg: DictConfig, key: str) -> Any:
         return _MISSING
 
 
+def _target_rules(target: str) -> dict[str, Rule]:
+    """The rules the class ``target`` declares for its keys (its ``CONFIG_RULES``; {} if none or
+    not found): the data module and the figure callback say what their keys allow themselves."""
+    try:
+        return dict(getattr(get_class(target), "CONFIG_RULES", {}))
+    except Exception:  # hydra reports a target it cannot import itself
+        return {}
+
+
 def _arguments(target: str) -> set[str] | None:
-    """The keyword arguments the class ``target`` takes (None: it takes any, or is not found)."""
+    """The keyword arguments the class ``target`` takes (None: it takes any, or is not found);
+    a class with ``CONFIG_RULES`` takes those keys too."""
     try:
         params = inspect.signature(get_class(target).__init__).parameters.values()
     except Exception:  # hydra reports a target it cannot import itself
         return None
     names = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
-    if target.endswith(".LatentVisualizer"):  # its **figure_options are FigureOptions' fields
-        return names | {f.name for f in dataclasses.fields(FigureOptions)}
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
-    return None if takes_any else names
+    declared = set(_target_rules(target))
+    if any(p.kind == p.VAR_KEYWORD for p in params) and not declared:
+        return None
+    return names | declared
+
+
+def _targeted_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """``(prefix, node)`` of each section that names a class: data, trainer, each callback and logger."""
+    nodes = [("data.", cfg.get("data")), ("trainer.", cfg.get("trainer"))]
+    for group in ("callbacks", "logger"):
+        if isinstance(cfg.get(group), DictConfig):
+            nodes += [(f"{group}.{name}.", node) for name, node in cfg[group].items()]
+    return [(p, n) for p, n in nodes if isinstance(n, DictConfig) and "_target_" in n]
 
 
 def _check_keys(cfg: DictConfig) -> None:
@@ -111,21 +121,19 @@ def _check_keys(cfg: DictConfig) -> None:
         if isinstance(cfg.get(section), DictConfig):
             known = [f.name for f in dataclasses.fields(cls)]
             refuse_unknown(f"{section}.", cfg[section].keys(), known)
-    nodes = [("data.", cfg.get("data")), ("trainer.", cfg.get("trainer"))]
-    for group in ("callbacks", "logger"):
-        if isinstance(cfg.get(group), DictConfig):
-            nodes += [(f"{group}.{name}.", node) for name, node in cfg[group].items()]
-    for section, node in nodes:
-        if isinstance(node, DictConfig) and "_target_" in node:
-            known = _arguments(str(node._target_))
-            if known is not None:
-                refuse_unknown(section, [k for k in node if k != "_target_"], known)
+    for section, node in _targeted_nodes(cfg):
+        known = _arguments(str(node._target_))
+        if known is not None:
+            refuse_unknown(section, [k for k in node if k != "_target_"], known)
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first unknown key or value that is not allowed."""
     _check_keys(cfg)
-    for key, rule in RULES.items():
+    rules = dict(RULES)
+    for section, node in _targeted_nodes(cfg):
+        rules |= {section + key: rule for key, rule in _target_rules(str(node._target_)).items()}
+    for key, rule in rules.items():
         value = _select(cfg, key)
         if value is not _MISSING:
             check(key, value, rule)

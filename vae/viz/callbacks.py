@@ -8,25 +8,26 @@ Every epoch that is due (and the end of training) gets exactly one set of ``imag
 ``global_step``: the last epoch's images, when due, are logged at its end like any other, and
 ``on_fit_end`` logs only when nothing was logged at the final step (``every_n_epochs=0``, an epoch
 count that is not a multiple of n). Each figure is rendered once, and TensorBoard gets the same
-8-bit pixels as the PNG (:func:`vae.visualize.to_images`).
+8-bit pixels as the PNG (:func:`vae.viz.figures.to_images`).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from vae import explore, visualize
-from vae.environment import collect_environment
+from vae.rules import Rule, int_at_least, optional
+from vae.train.environment import collect_environment
+from vae.viz import explore
+from vae.viz import figures as visualize
 
 
 def with_test_split(trainer: L.Trainer, missing: str) -> Any | None:
@@ -52,9 +53,16 @@ class LatentVisualizer(L.Callback):
         projector: write the TensorBoard embedding projector (test-set posterior means, digit
             labels as metadata, a sprite of the images) at the end of training.
         projector_points: how many test images go into the projector (``None`` = all).
-        figure_options: the fields of :class:`vae.visualize.FigureOptions` (grid size, number of
+        figure_options: the fields of :class:`vae.viz.figures.FigureOptions` (grid size, number of
             points, samples, ...).
     """
+
+    #: what each key of ``callbacks.visualize`` allows (read by :func:`vae.train.config.validate_config`)
+    CONFIG_RULES: ClassVar[dict[str, Rule]] = {
+        "every_n_epochs": int_at_least(0),
+        "projector_points": optional(int_at_least(1)),
+        **{f.name: f.metadata["rule"] for f in dataclasses.fields(visualize.FigureOptions)},
+    }
 
     def __init__(
         self,
@@ -145,67 +153,8 @@ class LatentVisualizer(L.Callback):
             )
 
 
-class EpochTimer(L.Callback):
-    """Wall time and throughput of the training part of each epoch (validation excluded).
-
-    Logs ``perf/train_epoch_seconds`` and ``perf/train_images_per_second``, and appends one JSON
-    line per epoch to ``path`` when given (what ``benchmarks/train_throughput.py`` reads). The clock
-    stops at the last training batch, so validation and the epoch-end figures are not counted.
-    """
-
-    def __init__(self, *, path: str | None = None) -> None:
-        super().__init__()
-        self.path = path
-        self._start = self._last = 0.0
-        self._images = 0
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._images = 0
-        self._start = self._last = time.perf_counter()
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        self._images += int(batch[0].shape[0])
-        self._last = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seconds = self._last - self._start
-        if seconds <= 0 or not trainer.is_global_zero:
-            return
-        rate = self._images / seconds
-        for logger in trainer.loggers:
-            logger.log_metrics(
-                {"perf/train_epoch_seconds": seconds, "perf/train_images_per_second": rate},
-                step=trainer.global_step,
-            )
-        if self.path:
-            record = {"epoch": trainer.current_epoch, "seconds": seconds, "images": self._images}
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-class RoundedProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar, with every float metric shown to two decimals (``loss=143.27``).
-
-    tqdm's own format keeps three significant digits (``196.0``), which hides the changes of a
-    loss in nats per image; the logged values are untouched.
-    """
-
-    def get_metrics(
-        self, trainer: L.Trainer, pl_module: L.LightningModule
-    ) -> dict[str, int | str | float | dict[str, float]]:
-        items = super().get_metrics(trainer, pl_module)
-        return {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in items.items()}
-
-
 class ExplorerWriter(L.Callback):
-    """Write the interactive latent-space explorer ``explorer.html`` (:mod:`vae.explore`) into
+    """Write the interactive latent-space explorer ``explorer.html`` (:mod:`vae.viz.explore`) into
     the run directory: one self-contained page that works offline.
 
     Written at the end of training with the validation numbers, and rewritten at the end of

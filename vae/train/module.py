@@ -26,21 +26,19 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.distributions import Normal
 from torchmetrics import MeanMetric, Metric, SumMetric
 
-from vae.checkpointing import load_checkpoint, rng_states, set_rng_states
+from vae.core import objective
+from vae.core.config import NETWORK_KEYS, EvalConfig, ModelConfig, OptimConfig, as_dict, coerce
+from vae.core.networks import VAE, build_vae
+from vae.core.objective import EVAL_NOISE_BLOCK, IW_NOISE_BLOCK
 from vae.errors import ConfigError, NonFiniteLossError
-from vae.hparams import NETWORK_KEYS, EvalConfig, ModelConfig, OptimConfig, as_dict, coerce
-from vae.losses import GaussianKLLoss, gaussian_kl_per_dim
-from vae.model import VAE, build_vae
-from vae.seeding import derive_seed
+from vae.kl import GaussianKLLoss
+from vae.train.checkpointing import load_checkpoint, rng_states, set_rng_states
 
-__all__ = ["NETWORK_KEYS", "NonFiniteLossError", "VAEModule"]
+__all__ = ["EVAL_NOISE_BLOCK", "IW_NOISE_BLOCK", "NETWORK_KEYS", "NonFiniteLossError", "VAEModule"]
 
 ACTIVE_UNIT_THRESHOLD = 0.01
-EVAL_NOISE_BLOCK = 4096
-IW_NOISE_BLOCK = 256  # image positions per seeded draw of the importance-sampling noise
 TRAIN_TERMS = ("loss", "recon", "kl", "objective")
 EVAL_TERMS = ("loss", "recon", "kl")
 
@@ -118,15 +116,15 @@ class VAEModule(L.LightningModule):
     """A VAE trained on the negative ELBO with a closed-form Gaussian KL against N(0, I).
 
     ``VAEModule()`` is the model ``python train.py`` trains by default: every argument defaults to
-    the typed definitions in :mod:`vae.hparams`, whose defaults are the YAML's.
+    the typed definitions in :mod:`vae.core.config`, whose defaults are the YAML's.
 
     Args (saved with the checkpoint as plain dicts, so ``load_from_checkpoint(path)`` needs nothing else):
-        model: :class:`~vae.hparams.ModelConfig` or a mapping of some of its keys (the rest keep
+        model: :class:`~vae.core.config.ModelConfig` or a mapping of some of its keys (the rest keep
             their defaults): the network (:data:`NETWORK_KEYS`) plus ``beta``, ``kl_warmup_steps``
             and ``free_bits`` (nats per latent dimension).
-        optim: :class:`~vae.hparams.OptimConfig` or a mapping: ``optimizer`` (adam | adamw),
+        optim: :class:`~vae.core.config.OptimConfig` or a mapping: ``optimizer`` (adam | adamw),
             ``lr``, ``weight_decay``, ``scheduler`` (none | cosine), ``min_lr_ratio``.
-        evaluation: :class:`~vae.hparams.EvalConfig` or a mapping: ``seed``, ``iw_samples`` and
+        evaluation: :class:`~vae.core.config.EvalConfig` or a mapping: ``seed``, ``iw_samples`` and
             ``iw_chunk`` (samples decoded per pass).
         image_shape: ``(C, H, W)`` of the data.
     """
@@ -232,25 +230,8 @@ class VAEModule(L.LightningModule):
 
     # ---- the objective ---------------------------------------------------------------------------
     def elbo_terms(self, x: Tensor, *, eps: Tensor | None = None) -> dict[str, Tensor]:
-        """Per-image terms of the negative ELBO for images ``x`` ``(B, C, H, W)``.
-
-        Returns ``recon`` ``(B,)`` (one reparameterised sample, with noise ``eps`` ``(B, d)`` if given,
-        else from the global RNG), ``kl_dim`` ``(B, d)`` (closed form), ``kl`` ``(B,)``, ``loss``
-        ``(B,)`` = recon + kl, and ``mu``, ``logvar`` ``(B, d)``; nats per image.
-        """
-        mu, logvar = self.vae.encode(x)
-        z = self.vae.reparameterize(mu, logvar, eps=eps)  # (B, d)
-        recon = self.vae.likelihood.nll(self.vae.decode(z), x)  # (B,)
-        kl_dim = gaussian_kl_per_dim(mu, logvar)  # (B, d)
-        kl = kl_dim.sum(dim=-1)
-        return {
-            "recon": recon,
-            "kl": kl,
-            "kl_dim": kl_dim,
-            "loss": recon + kl,
-            "mu": mu,
-            "logvar": logvar,
-        }
+        """Per-image terms of the −ELBO (:func:`vae.core.objective.elbo_terms`), nats per image."""
+        return objective.elbo_terms(self.vae, x, eps=eps)
 
     def current_beta(self) -> float:
         """β_t = β · min(1, step / kl_warmup_steps): linear KL warm-up (Bowman et al. 2016)."""
@@ -386,93 +367,47 @@ class VAEModule(L.LightningModule):
         self._log_eval_epoch("test")
         self.log("test/nll_iw", self.eval_means["test_nll_iw"])
 
-    def _seeded_noise(self, rows: int, name: object) -> Tensor:
-        """``(rows, latent_dim)`` draws of N(0, I) from a CPU generator seeded by ``name``
-        (:func:`vae.seeding.derive_seed`)."""
-        gen = torch.Generator().manual_seed(derive_seed(name))
-        return torch.randn(rows, self.latent_dim, generator=gen)
-
     def eval_noise(self, index: Tensor, stage: str) -> Tensor:
-        """ε ~ N(0, I) for the images at positions ``index`` ``(B,)`` of a split: ``(B, latent_dim)``.
-
-        A function of (``eval.seed``, split, position) only: common random numbers, so evaluating the
-        same weights gives the same val/test −ELBO whatever the batch size, the number of DDP processes
-        or what ran before. Drawn in blocks of :data:`EVAL_NOISE_BLOCK` positions, each from its own
-        seeded CPU generator, and cached.
-        """
-        idx = index.cpu()
-        blocks = torch.div(idx, EVAL_NOISE_BLOCK, rounding_mode="floor")
-        out = torch.empty(len(idx), self.latent_dim)
-        for block in blocks.unique().tolist():
-            key = (stage, block)
-            if key not in self._noise_blocks:
-                # named as in version one, so a checkpoint's val/test figures did not move
-                name = f"{self.eval_config.seed}/{stage}/{block}"
-                self._noise_blocks[key] = self._seeded_noise(EVAL_NOISE_BLOCK, name)
-            chosen = blocks == block
-            out[chosen] = self._noise_blocks[key][idx[chosen] % EVAL_NOISE_BLOCK]
-        return out.to(device=index.device, dtype=self.dtype)
+        """ε of the val/test −ELBO for the images at positions ``index`` ``(B,)`` of ``stage``'s
+        split: ``(B, latent_dim)`` (:func:`vae.core.objective.eval_noise`, cached per block)."""
+        eps = objective.eval_noise(
+            index,
+            seed=self.eval_config.seed,
+            split=stage,
+            latent_dim=self.latent_dim,
+            cache=self._noise_blocks,
+        )
+        return eps.to(device=index.device, dtype=self.dtype)
 
     def iw_noise(self, index: Tensor, *, start: int, stop: int) -> Tensor:
-        """ε ~ N(0, I) for importance samples ``start ≤ k < stop`` of the test images at positions
-        ``index`` ``(B,)``: ``(stop − start, B, latent_dim)``.
-
-        Sample k of the image at position i is row ``i % IW_NOISE_BLOCK`` of a
-        ``(IW_NOISE_BLOCK, latent_dim)`` draw from a CPU generator seeded with
-        (``eval.seed``, ``"test_iw"``, ``i // IW_NOISE_BLOCK``, k): a function of (seed, position,
-        k) only, so ``test/nll_iw`` does not depend on the batch size, ``eval.iw_chunk``, the
-        number of DDP processes or what ran before. Nothing is cached (a cache would hold
-        K · N · d numbers), and the Python loop runs over samples × blocks, not images: one draw
-        per sample for each block of :data:`IW_NOISE_BLOCK` positions the batch touches (0.04 s
-        for 10,000 images × K = 100 with d = 2, 0.11 s with d = 20, on 2 CPU cores).
-        """
-        idx = index.cpu()
-        blocks, inverse = torch.div(idx, IW_NOISE_BLOCK, rounding_mode="floor").unique(
-            return_inverse=True
+        """ε of importance samples ``start ≤ k < stop`` of the test images at positions ``index``:
+        ``(stop − start, B, latent_dim)`` (:func:`vae.core.objective.iw_noise`)."""
+        eps = objective.iw_noise(
+            index, seed=self.eval_config.seed, latent_dim=self.latent_dim, start=start, stop=stop
         )
-        # row of each image in the blocks' draws stacked, (n_blocks · IW_NOISE_BLOCK, d)
-        rows = inverse * IW_NOISE_BLOCK + idx % IW_NOISE_BLOCK  # (B,)
-        out = torch.empty(stop - start, len(idx), self.latent_dim)
-        for k in range(start, stop):
-            drawn = [
-                self._seeded_noise(IW_NOISE_BLOCK, (self.eval_config.seed, "test_iw", b, k))
-                for b in blocks.tolist()
-            ]
-            # index_select takes ~6 µs; drawn[block, row] indexing took 10 µs to 7 ms on a busy CPU
-            out[k - start] = torch.cat(drawn).index_select(0, rows)  # (B, d)
-        return out.to(device=index.device, dtype=self.dtype)
+        return eps.to(device=index.device, dtype=self.dtype)
 
-    @torch.no_grad()
     def iw_nll(
         self, x: Tensor, *, n_samples: int, chunk: int | None = None, index: Tensor | None = None
     ) -> Tensor:
-        """−log p̂_K(x), the importance-weighted bound (Burda et al. 2015, eq. 8), nats per image.
+        """−log p̂_K(x) (:func:`vae.core.objective.iw_nll`), nats per image, ``(B,)``.
 
-        log p̂_K(x) = logsumexp_k [log p(x | z_k) + log p(z_k) − log q(z_k | x)] − log K, z_k ~ q(z | x).
-        Images ``(B, C, H, W)`` → ``(B,)``. Samples are decoded ``chunk`` at a time (default
-        ``eval.iw_chunk``), so memory is O(chunk · B · pixels) whatever K is; the running logsumexp
-        over chunks is exact. With K = 1 this is an unbiased single-sample estimate of −ELBO.
-
-        ``index`` ``(B,)``, the images' positions in the test split (the batch's third element),
-        makes the noise a function of (``eval.seed``, position, sample k) (:meth:`iw_noise`), so
-        the value is the same for any batch size, chunk size or number of processes; without
-        it the samples come from the global RNG.
+        ``chunk`` defaults to ``eval.iw_chunk``; ``index`` ``(B,)``, the images' positions in the
+        test split, makes the noise a function of (``eval.seed``, position, sample k), so the value
+        is the same for any batch size, chunk size or number of processes; without it the samples
+        come from the global RNG.
         """
-        chunk = chunk or self.iw_chunk
-        mu, logvar = self.vae.encode(x)  # (B, d)
-        q = Normal(mu, torch.exp(0.5 * logvar), validate_args=False)
-        prior = Normal(torch.zeros_like(mu), torch.ones_like(mu), validate_args=False)
-        running = torch.full_like(mu[:, 0], -math.inf)  # running logsumexp, (B,)
-        for start in range(0, n_samples, chunk):
-            k = min(chunk, n_samples - start)
-            eps = None if index is None else self.iw_noise(index, start=start, stop=start + k)
-            z = self.vae.reparameterize(mu, logvar, n_samples=k, eps=eps)  # (k, B, d)
-            out = self.vae.decode(z.flatten(0, 1))  # (k·B, C, H, W)
-            x_rep = x.expand(k, *x.shape).flatten(0, 1)  # (k·B, C, H, W), a view
-            log_px_z = -self.vae.likelihood.nll(out, x_rep).unflatten(0, (k, -1))  # (k, B)
-            log_w = log_px_z + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)  # (k, B)
-            running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
-        return -(running - math.log(n_samples))
+
+        def noise(start: int, stop: int) -> Tensor:
+            return self.iw_noise(index, start=start, stop=stop)
+
+        return objective.iw_nll(
+            self.vae,
+            x,
+            n_samples=n_samples,
+            chunk=chunk or self.iw_chunk,
+            noise=None if index is None else noise,
+        )
 
     # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -494,7 +429,7 @@ class VAEModule(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, **kwargs: Any) -> VAEModule:  # type: ignore[override]
         """Lightning's ``load_from_checkpoint`` (same arguments), made safe: the file is checked by
-        :func:`vae.checkpointing.load_checkpoint` first (a :class:`~vae.errors.CheckpointError` if
+        :func:`vae.train.checkpointing.load_checkpoint` first (a :class:`~vae.errors.CheckpointError` if
         it is not a checkpoint of this model or holds Python objects), then read as data only."""
         load_checkpoint(checkpoint_path)
         return super().load_from_checkpoint(checkpoint_path, **kwargs, weights_only=True)

@@ -12,9 +12,9 @@ What a scheduler sends before preempting a job (SLURM, Kubernetes: SIGTERM) or a
   after the batch on each rank alone, and one rank stopping while another waits in the next step's
   collective is a hang);
 - Lightning then raises ``SIGTERMException`` on every rank, and :meth:`Preemption.on_exception`
-  saves ``checkpoints/last.ckpt`` at that step (mid-epoch: :class:`vae.data.ResumableLoader` records
+  saves ``checkpoints/last.ckpt`` at that step (mid-epoch: :class:`vae.train.data.ResumableLoader` records
   where in the epoch it was, so the resumed run trains exactly the batches that were left);
-- :func:`vae.training.train` turns it into :class:`~vae.errors.RunInterrupted`, and the command line
+- :func:`vae.train.run.train` turns it into :class:`~vae.errors.RunInterrupted`, and the command line
   prints one line (``interrupted at step N; resume with: python train.py ... ckpt_path=...``) and
   exits with 128 + the signal's number: **143** for SIGTERM, **130** for SIGINT (the shell's
   convention, so a scheduler sees a failure and requeues).

@@ -20,7 +20,7 @@ import torch
 #: distributions whose versions are recorded besides torch (None when not installed)
 PACKAGES = ("lightning", "torchvision", "hydra-core")
 #: the folder that holds the ``vae`` package: the repository in a checkout or editable install
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # <checkout>/vae/train/environment.py
 GIT_TIMEOUT_S = 5.0
 UNKNOWN = "unknown"
 

@@ -45,9 +45,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, defaul
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.utils import download_url
 
+from vae.core.seeding import derive_seed
 from vae.errors import DatasetError
 from vae.rules import Rule, boolean, check, int_at_least, int_in, one_of, path
-from vae.seeding import derive_seed
 
 __all__ = [
     "BINARIZE_MODES",
@@ -589,6 +589,8 @@ class MNISTDataModule(L.LightningDataModule):
     bus per step; data loading then runs in the main process (``num_workers`` and ``pin_memory``
     are ignored).
     """
+
+    CONFIG_RULES = DATA_RULES  # what each ``data`` key allows (vae.train.config reads it)
 
     dims = (1, 28, 28)
     num_classes = 10

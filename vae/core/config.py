@@ -2,8 +2,8 @@
 
 Each field is declared once, with its default and its rule (the values allowed), as nanoGPT's
 ``GPTConfig``. The ``model`` / ``optim`` / ``eval`` sections of ``configs/`` list the same defaults
-for the command line (``tests/test_structure.py`` fails if they differ); :class:`vae.module.VAEModule`
-takes these or plain mappings and stores them in the checkpoint as dicts; :mod:`vae.config`
+for the command line (``tests/test_structure.py`` fails if they differ); :class:`vae.train.module.VAEModule`
+takes these or plain mappings and stores them in the checkpoint as dicts; :mod:`vae.train.config`
 checks the composed config with the same rules.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from vae.likelihoods import LIKELIHOODS
-from vae.model import ACTIVATIONS, ARCHITECTURES, NORMS
+from vae.core.likelihoods import LIKELIHOODS
+from vae.core.networks import ACTIVATIONS, ARCHITECTURES, NORMS
 from vae.rules import (
     Rule,
     boolean,

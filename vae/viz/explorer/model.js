@@ -1,7 +1,7 @@
 /*
- * The VAE's forward pass in plain JavaScript, for vae/explore.py's page (and for Node, in the tests).
+ * The VAE's forward pass in plain JavaScript, for vae/viz/explore.py's page (and for Node, in the tests).
  *
- * The payload (written by vae.explore.model_payload) lists the encoder's and decoder's layers as
+ * The payload (written by vae.viz.explore.model_payload) lists the encoder's and decoder's layers as
  * ops on a flat activation vector (row-major C·H·W, torch's flatten order), with every weight in
  * one little-endian float32 or float16 blob. Arithmetic is in float64 on the float32 (or float16)
  * weights, so the page agrees with torch's float32 forward pass to about 1e-6.
@@ -224,7 +224,7 @@
     return 0.5 + (1 / 3 + (16 / 45) * x * x) * x;
   }
 
-  /** In place: the decoder output → E[x | z] in [0, 1] (vae.likelihoods.*.mean). */
+  /** In place: the decoder output → E[x | z] in [0, 1] (vae.core.likelihoods.*.mean). */
   function likelihoodMean(x, likelihood, eps) {
     const n = x.length;
     if (likelihood === "bernoulli") {
@@ -240,7 +240,7 @@
 
   // ---- the model -------------------------------------------------------------------------------
   class Model {
-    /** payload: vae.explore.model_payload(...); weights: one Float32Array of every tensor. */
+    /** payload: vae.viz.explore.model_payload(...); weights: one Float32Array of every tensor. */
     constructor(payload, weights) {
       this.payload = payload;
       this.latentDim = payload.latent_dim;

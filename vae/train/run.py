@@ -27,19 +27,19 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vae.checkpointing import (
+from vae.errors import ConfigError, RunInterrupted, UserError
+from vae.train.checkpointing import (
     AtomicCheckpointIO,
     check_resumable,
     load_checkpoint,
     remove_stale_temp_files,
 )
-from vae.config import validate_config
-from vae.diskspace import disk_full_is_one_line
-from vae.environment import collect_environment, environment_markdown
-from vae.errors import ConfigError, RunInterrupted, UserError
-from vae.module import VAEModule
-from vae.preemption import Preemption
-from vae.report import log_hparams, print_summary, silence_known_noise, written_figures
+from vae.train.config import validate_config
+from vae.train.diskspace import disk_full_is_one_line
+from vae.train.environment import collect_environment, environment_markdown
+from vae.train.module import VAEModule
+from vae.train.preemption import Preemption
+from vae.train.report import log_hparams, print_summary, silence_known_noise, written_figures
 
 
 def _ensure_writable(directory: Path) -> None:
@@ -230,7 +230,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     silence_known_noise()
     validate_config(cfg)
-    datamodule = _instantiate(cfg.data)  # checks the data.* keys (vae.data.DATA_RULES)
+    datamodule = _instantiate(cfg.data)  # checks the data.* keys (vae.train.data.DATA_RULES)
     output_dir = Path(cfg.paths.output_dir).absolute()
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if ckpt_path is not None:

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vae.diskspace import disk_full_error, is_disk_full
+from vae.core.config import NETWORK_KEYS
 from vae.errors import CheckpointError, ConfigError
-from vae.hparams import NETWORK_KEYS
 from vae.rules import plain
+from vae.train.diskspace import disk_full_error, is_disk_full
 
 #: how to fix a checkpoint that cannot be used (the end of each message)
 CKPT_HINT = (
@@ -69,7 +69,7 @@ def load_checkpoint(
     Raises :class:`CheckpointError` (one line: ``<name>: <problem>; <how to fix>``, ``name``
     defaulting to the path) when the file is missing, not a ``torch.save`` archive, truncated or
     corrupt, holds Python objects beyond tensors, numbers, strings and containers (refused: loading
-    them would run code from the file), or is not a checkpoint of :class:`vae.module.VAEModule`.
+    them would run code from the file), or is not a checkpoint of :class:`vae.train.module.VAEModule`.
     """
     path = Path(path)
     label = name or str(path)
@@ -105,7 +105,7 @@ def load_checkpoint(
     model = hparams.get("model") if isinstance(hparams, Mapping) else None
     if not isinstance(model, Mapping) or "state_dict" not in ckpt:
         raise CheckpointError(
-            f"{label}: not a checkpoint of vae.module.VAEModule ({_describe(ckpt)}); {CKPT_HINT}"
+            f"{label}: not a checkpoint of vae.train.module.VAEModule ({_describe(ckpt)}); {CKPT_HINT}"
         )
     return ckpt
 
@@ -225,7 +225,7 @@ def check_resumable(
     """Raise unless ``ckpt_path`` is a checkpoint of the network in ``model_cfg``.
 
     ``model_cfg`` is the plain ``model`` config (lists as lists). Only the network keys
-    (:data:`~vae.hparams.NETWORK_KEYS`) are compared: the objective (β, warm-up, free bits) may
+    (:data:`~vae.core.config.NETWORK_KEYS`) are compared: the objective (β, warm-up, free bits) may
     change between the two runs. With ``optim_cfg`` (the plain ``optim`` config) every optimiser
     key must match too: resuming restores the optimiser's and the scheduler's state, learning rate
     and weight decay included, so a changed value would silently not take effect (while the new

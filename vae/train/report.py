@@ -186,7 +186,7 @@ def summary_table(
 def print_summary(
     cfg: DictConfig, metrics: Mapping[str, float], run_dir: Path, figures: Sequence[Path]
 ) -> None:
-    """Print :func:`summary_table` on stdout, and log it to ``vae.report`` (under Hydra the job
+    """Print :func:`summary_table` on stdout, and log it to ``vae.train.report`` (under Hydra the job
     logging config sends that logger to the run's ``train.log`` only)."""
     table = summary_table(
         metrics,
@@ -196,7 +196,7 @@ def print_summary(
         latent_dim=OmegaConf.select(cfg, "model.latent_dim", default=None),
     )
     print(table)
-    logging.getLogger("vae.report").info(table)
+    logging.getLogger("vae.train.report").info(table)
 
 
 # ---- known noise ---------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 /*
- * The latent-space explorer page (vae/explore.py inlines this after model.js).
+ * The latent-space explorer page (vae/viz/explore.py inlines this after model.js).
  *
  * State for tests and the benchmark lives in window.explorer: {ready, model, decode(z), encode(x),
  * toLatent(u, v), toPlane(z), benchmark(n), cursor, selected, drawn, path}.

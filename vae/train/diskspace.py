@@ -3,7 +3,7 @@ space it needs, instead of a traceback.
 
 A write can run out of space (``ENOSPC``, or ``EDQUOT`` for a quota) wherever a command writes:
 
-- a checkpoint: :class:`vae.checkpointing.AtomicCheckpointIO` serialises it in memory and writes the
+- a checkpoint: :class:`vae.train.checkpointing.AtomicCheckpointIO` serialises it in memory and writes the
   bytes itself, so the error arrives as an ``OSError`` with its errno (``torch.save`` straight into
   a file turns it into ``RuntimeError: … unexpected pos …``), and raises :func:`disk_full_error`
   with the checkpoint's size;

@@ -1,0 +1,1 @@
+"""The training application: the Lightning module, data, the run, config checks, checkpoints."""

@@ -1,0 +1,72 @@
+"""Training callbacks that are not figures: the epoch timer and the rounded progress bar.
+
+The figure callbacks (``LatentVisualizer``, ``ExplorerWriter``) are in :mod:`vae.viz.callbacks`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+
+class EpochTimer(L.Callback):
+    """Wall time and throughput of the training part of each epoch (validation excluded).
+
+    Logs ``perf/train_epoch_seconds`` and ``perf/train_images_per_second``, and appends one JSON
+    line per epoch to ``path`` when given (what ``benchmarks/train_throughput.py`` reads). The clock
+    stops at the last training batch, so validation and the epoch-end figures are not counted.
+    """
+
+    def __init__(self, *, path: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self._start = self._last = 0.0
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._images = 0
+        self._start = self._last = time.perf_counter()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._images += int(batch[0].shape[0])
+        self._last = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = self._last - self._start
+        if seconds <= 0 or not trainer.is_global_zero:
+            return
+        rate = self._images / seconds
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {"perf/train_epoch_seconds": seconds, "perf/train_images_per_second": rate},
+                step=trainer.global_step,
+            )
+        if self.path:
+            record = {"epoch": trainer.current_epoch, "seconds": seconds, "images": self._images}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class RoundedProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, with every float metric shown to two decimals (``loss=143.27``).
+
+    tqdm's own format keeps three significant digits (``196.0``), which hides the changes of a
+    loss in nats per image; the logged values are untouched.
+    """
+
+    def get_metrics(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)
+        return {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in items.items()}
