@@ -152,9 +152,7 @@ class VAEModule(L.LightningModule):
         )
         m = self.model_config
         self.latent_dim = m.latent_dim
-        self.vae: VAE = build_vae(
-            image_shape=self.image_shape, **{k: getattr(m, k) for k in NETWORK_KEYS}
-        )
+        self.vae: VAE = build_vae(config=m, image_shape=self.image_shape)
         self.beta = float(m.beta)
         self.kl_warmup_steps = m.kl_warmup_steps
         self.kl_objective = GaussianKLLoss(reduction="mean", beta=1.0, free_bits=float(m.free_bits))
