@@ -173,8 +173,10 @@ class VAEModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The guards every fit of this module gets (:mod:`vae.train.guards`): a NaN/inf loss stops
-        training with one line before a checkpoint is written; a resume continues its run."""
-        return [NonFiniteGuard(), ResumeGuard()]
+        training with one line before a checkpoint is written; a resume continues its run. Once
+        per trainer (a ``test`` after ``fit`` would otherwise replace them, with a message)."""
+        present = {type(c) for c in self.trainer.callbacks}
+        return [guard() for guard in (NonFiniteGuard, ResumeGuard) if guard not in present]
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -239,51 +239,22 @@ def latent_scatter(
 
     Figure: :data:`SCATTER_FIGSIZE` 7 × 6 in at :data:`DPI` 100 → 700 × 600 px.
     """
-    z = _as_tensor(z)
-    labels = _as_tensor(labels)
-    if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
-        raise ValueError(f"z must have shape (N, d) with N, d ≥ 1, got {tuple(z.shape)}")
-    n, d = z.shape
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
-        raise ValueError("labels must be integer class indices")
-    labels = labels.to(torch.long)
-    n_classes = len(class_names)
-    if bool(((labels < 0) | (labels >= n_classes)).any()):
-        raise ValueError(f"labels must lie in [0, {n_classes}) (one per class name)")
-    if max_points is not None and max_points < 1:
-        raise ValueError(f"max_points must be ≥ 1, got {max_points}")
-
+    z, labels = _scatter_input(z, labels, n_classes=len(class_names), max_points=max_points)
+    n = z.shape[0]
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)[:max_points]  # [:None] keeps all
 
-    z = z.to(torch.float64)
-    # a fixed layout (no layout engine): drawing is several times faster, and the same every time
+    # a fixed layout (no layout engine): drawing is faster, and the same every time
     fig = Figure(figsize=SCATTER_FIGSIZE, dpi=DPI)
     ax = fig.add_axes(SCATTER_AXES)
     base_title = title if title is not None else "Posterior means in latent space"
-    if d == 1:
-        jitter = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 0.6
-        xy = torch.stack([z[:, 0], labels.to(torch.float64) + jitter], dim=1)
-        ax.set(xlabel="z₁", ylabel="class (jittered)")
-        ax.set_yticks(range(n_classes), labels=list(class_names))
-    elif d == 2:
-        xy = z
-        ax.set(xlabel="z₁", ylabel="z₂")
-        ax.set_aspect("equal", adjustable="datalim")
-    else:
-        pca = pca_2d(z)
-        xy = pca.proj
-        pct = (100 * pca.explained_variance_ratio).tolist()
-        ax.set(xlabel=f"PC₁ ({pct[0]:.1f} % var.)", ylabel=f"PC₂ ({pct[1]:.1f} % var.)")
-        ax.set_aspect("equal", adjustable="datalim")
-        base_title += f"\nPCA projection of the {d}-D latent ({sum(pct):.1f} % of variance)"
+    xy, projected = _scatter_plane(ax, z, labels, class_names=class_names, generator=generator)
+    base_title += projected
     if len(order) < n:
         base_title += f"\n{len(order):,} of {n:,} points shown"
     ax.set_title(base_title)
 
-    palette = _palette(n_classes)
+    palette = _palette(len(class_names))
     colors = np.asarray(palette)[labels[order].numpy()]
     ax.scatter(
         xy[order, 0].numpy(),
@@ -306,6 +277,54 @@ def latent_scatter(
     )
     _fit_legend(fig, ax, legend)
     return fig
+
+
+def _scatter_input(
+    z: ArrayLike, labels: ArrayLike, *, n_classes: int, max_points: int | None
+) -> tuple[Tensor, Tensor]:
+    """:func:`latent_scatter`'s ``z`` as float64 ``(N, d)`` and ``labels`` as long ``(N,)``
+    class indices, or a ``ValueError`` saying what is wrong."""
+    z = _as_tensor(z)
+    labels = _as_tensor(labels)
+    if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
+        raise ValueError(f"z must have shape (N, d) with N, d ≥ 1, got {tuple(z.shape)}")
+    n = z.shape[0]
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+        raise ValueError("labels must be integer class indices")
+    labels = labels.to(torch.long)
+    if bool(((labels < 0) | (labels >= n_classes)).any()):
+        raise ValueError(f"labels must lie in [0, {n_classes}) (one per class name)")
+    if max_points is not None and max_points < 1:
+        raise ValueError(f"max_points must be ≥ 1, got {max_points}")
+    return z.to(torch.float64), labels
+
+
+def _scatter_plane(
+    ax: Axes,
+    z: Tensor,
+    labels: Tensor,
+    *,
+    class_names: Sequence[str],
+    generator: torch.Generator,
+) -> tuple[Tensor, str]:
+    """The plotted coordinates ``(N, 2)`` of :func:`latent_scatter` (d = 1: a jittered strip,
+    d = 2: z, d > 2: the PCA plane) with ``ax``'s labels set, and the title's added line."""
+    n, d = z.shape
+    if d == 1:
+        jitter = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 0.6
+        ax.set(xlabel="z₁", ylabel="class (jittered)")
+        ax.set_yticks(range(len(class_names)), labels=list(class_names))
+        return torch.stack([z[:, 0], labels.to(torch.float64) + jitter], dim=1), ""
+    ax.set_aspect("equal", adjustable="datalim")
+    if d == 2:
+        ax.set(xlabel="z₁", ylabel="z₂")
+        return z, ""
+    pca = pca_2d(z)
+    pct = (100 * pca.explained_variance_ratio).tolist()
+    ax.set(xlabel=f"PC₁ ({pct[0]:.1f} % var.)", ylabel=f"PC₂ ({pct[1]:.1f} % var.)")
+    return pca.proj, f"\nPCA projection of the {d}-D latent ({sum(pct):.1f} % of variance)"
 
 
 def _fit_legend(fig: Figure, ax: Axes, legend: Legend) -> None:
