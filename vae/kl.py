@@ -282,14 +282,10 @@ def mvn_kl(
         validate: check that the diagonals are nonzero (one host sync); pass False to skip it,
             e.g. under ``torch.compile(fullgraph=True)`` or ``torch.func.vmap`` (keyword-only).
 
-    Returns:
-        Tensor of the broadcast batch shape (everything but the event dimension k). Nats, in
-        the inputs' promoted dtype.
-
-    Raises:
-        TypeError: an argument is not a floating-point tensor.
-        ValueError: a scale matrix is not square k × k, the batch shapes do not broadcast, or
-            (when ``validate``) a scale matrix has a zero on its diagonal.
+    Returns the broadcast batch shape (all but the event dimension k), in nats, in the inputs'
+    promoted dtype. Raises ``TypeError`` for an argument that is not a floating-point tensor,
+    ``ValueError`` for a scale matrix that is not k × k, batch shapes that do not broadcast, or
+    (when ``validate``) a zero on a scale matrix's diagonal.
     """
     batch = _mvn_batch_shape(mu, scale_tril, prior_mu, prior_scale_tril, validate=validate)
     k = mu.shape[-1]
