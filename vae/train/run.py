@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -37,6 +38,7 @@ from vae.train.checkpointing import (
 from vae.train.config import validate_config
 from vae.train.diskspace import disk_full_is_one_line
 from vae.train.environment import collect_environment, environment_markdown
+from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
 from vae.train.preemption import Preemption
 from vae.train.report import log_hparams, print_summary, silence_known_noise, written_figures
@@ -127,10 +129,10 @@ class CheckRunDir(Callback):
 
 def _write_config(output_dir: Path, text: str) -> None:
     path, k = output_dir / "config.yaml", 0
-    while path.exists() and path.read_text() != text:
+    while (earlier := read_own(path)) is not None and earlier != text.encode():
         k += 1
         path = output_dir / f"config.{k}.yaml"
-    path.write_text(text)
+    write_atomic(path, text)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -160,7 +162,15 @@ def run_lock(output_dir: Path) -> Iterator[None]:
     if rank_zero_only.rank != 0:
         yield
         return
-    with open(output_dir / ".lock", "a+") as f:
+    try:  # O_NOFOLLOW: a link planted at .lock is refused, not truncated through
+        fd = os.open(output_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as err:
+        raise ConfigError(
+            f"run directory {str(output_dir)!r}: cannot open its lock file .lock ("
+            f"{'a symbolic link' if err.errno == errno.ELOOP else err.strerror}); remove it, or "
+            "choose another run directory with hydra.run.dir=<dir>"
+        ) from None
+    with open(fd, "r+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -214,11 +224,12 @@ def _write_metrics(path: Path, summary: dict[str, Any], *, resumed_from: Path | 
     """Write ``metrics.json``; a resumed run keeps the metrics of the file it continues that it
     did not compute again (e.g. ``val/*`` when nothing was left to train), and says so."""
     if resumed_from is not None:
-        if path.is_file():
+        earlier = read_own(path)
+        if earlier is not None:
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                summary["metrics"] = json.loads(path.read_text())["metrics"] | summary["metrics"]
+                summary["metrics"] = json.loads(earlier)["metrics"] | summary["metrics"]
         summary["resumed_from"] = str(resumed_from)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(path, json.dumps(summary, indent=2) + "\n")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
