@@ -270,9 +270,24 @@ class VAEModule(L.LightningModule):
 
     # ---- loading -----------------------------------------------------------------------------------
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, **kwargs: Any) -> VAEModule:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint`` (same arguments), made safe: the file is checked by
-        :func:`vae.train.checkpointing.load_checkpoint` first (a :class:`~vae.errors.CheckpointError` if
-        it is not a checkpoint of this model or holds Python objects), then read as data only."""
-        load_checkpoint(checkpoint_path)
-        return super().load_from_checkpoint(checkpoint_path, **kwargs, weights_only=True)
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, *, map_location: Any = None, strict: bool = True
+    ) -> VAEModule:
+        """The model of a checkpoint written by train.py, read once by
+        :func:`vae.train.checkpointing.load_checkpoint` (a :class:`~vae.errors.CheckpointError` if
+        the file holds Python objects, is not a checkpoint of this model or its weights do not
+        fit its stored config), then built with :meth:`from_checkpoint`. Not Lightning's: that
+        reads the file a second time, and passes the stored hyper-parameters to constructors."""
+        return cls.from_checkpoint(
+            load_checkpoint(checkpoint_path, map_location=map_location or "cpu"), strict=strict
+        )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Mapping[str, Any], *, strict: bool = True) -> VAEModule:
+        """The model of a checkpoint dict that :func:`~vae.train.checkpointing.load_checkpoint`
+        returned, on the device its weights were loaded to."""
+        module = cls(**checkpoint["hyper_parameters"])  # its arguments, checked by load_checkpoint
+        module.on_load_checkpoint(dict(checkpoint))
+        module.load_state_dict(checkpoint["state_dict"], strict=strict)
+        device = next(iter(checkpoint["state_dict"].values()), torch.zeros(())).device
+        return module.to(device)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import os
@@ -35,6 +36,7 @@ from vae.train.checkpointing import (
 )
 from vae.train.config import validate_config
 from vae.train.diskspace import disk_full_is_one_line
+from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
 from vae.train.preemption import Preemption
 from vae.train.report import silence_known_noise
@@ -140,10 +142,10 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 def _write_config(output_dir: Path, text: str) -> None:
     path, k = output_dir / "config.yaml", 0
-    while path.exists() and path.read_text() != text:
+    while (earlier := read_own(path)) is not None and earlier != text.encode():
         k += 1
         path = output_dir / f"config.{k}.yaml"
-    path.write_text(text)
+    write_atomic(path, text)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -206,7 +208,15 @@ def run_lock(output_dir: Path) -> Iterator[None]:
     if rank_zero_only.rank != 0:
         yield
         return
-    with open(output_dir / ".lock", "a+") as f:
+    try:  # O_NOFOLLOW: a link planted at .lock is refused, not truncated through
+        fd = os.open(output_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as err:
+        raise ConfigError(
+            f"run directory {str(output_dir)!r}: cannot open its lock file .lock ("
+            f"{'a symbolic link' if err.errno == errno.ELOOP else err.strerror}); remove it, or "
+            "choose another run directory with hydra.run.dir=<dir>"
+        ) from None
+    with open(fd, "r+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -15,6 +15,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from vae.train.environment import collect_environment, environment_markdown
+from vae.train.files import read_own, write_atomic
 from vae.train.report import log_hparams, print_summary, written_figures
 
 
@@ -22,11 +23,12 @@ def write_metrics(path: Path, summary: dict[str, Any], *, resumed_from: Path | N
     """Write ``metrics.json``; a resumed run keeps the metrics of the file it continues that it
     did not compute again (e.g. ``val/*`` when nothing was left to train), and says so."""
     if resumed_from is not None:
-        if path.is_file():
+        earlier = read_own(path)
+        if earlier is not None:
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                summary["metrics"] = json.loads(path.read_text())["metrics"] | summary["metrics"]
+                summary["metrics"] = json.loads(earlier)["metrics"] | summary["metrics"]
         summary["resumed_from"] = str(resumed_from)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(path, json.dumps(summary, indent=2) + "\n")
 
 
 class RunSummary:

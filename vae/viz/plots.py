@@ -21,7 +21,7 @@ Conventions (shared by every function here):
   Outputs more than 1e-3 outside [0, 1] raise (logits or standardised pixels passed by mistake);
   smaller round-off is clamped.
 * No randomness from the global RNG: sampling and subsampling use explicit seeds / generators.
-* No file system access except :func:`save_png`.
+* No file system access except :func:`save_png` (through :func:`vae.train.files.atomic_file`).
 
 TensorBoard projector sprites need no helper here: ``SummaryWriter.add_embedding(mat,
 label_img=images)`` with ``images`` ``(N, C, H, W)`` in [0, 1] tiles them into ``sprite.png`` itself
@@ -46,6 +46,8 @@ from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
+
+from vae.train.files import atomic_file
 
 __all__ = [
     "DPI",
@@ -611,7 +613,6 @@ def save_png(obj: Figure | Tensor, path: str | Path) -> Path:
       floats rounded to the nearest of 256 levels (torchvision ``save_image``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(obj, Figure):
         obj = figure_to_tensor(obj)
     if not isinstance(obj, Tensor):
@@ -621,5 +622,6 @@ def save_png(obj: Figure | Tensor, path: str | Path) -> Path:
     if img.ndim != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"image tensor must be (C, H, W) with C in (1, 3), got {tuple(obj.shape)}")
     img = img.to(torch.float32) / 255.0 if img.dtype == torch.uint8 else img
-    save_image(_as_images(img[None], name="image")[0], path, format="png")
+    with atomic_file(path, what=f"the figure {path.name}") as f:  # never a cut PNG, nor a link
+        save_image(_as_images(img[None], name="image")[0], f, format="png")
     return path
