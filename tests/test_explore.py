@@ -43,7 +43,7 @@ from vae.train.module import VAEModule
 from vae.viz import explore
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_JS = ROOT / "vae" / "explorer" / "model.js"
+MODEL_JS = ROOT / "vae" / "viz" / "explorer" / "model.js"
 CHROMIUM = Path("/usr/bin/chromium")
 NODE = shutil.which("node")
 TOL = 1e-4  # float32 weights: page vs torch, pixels and mu / logvar

@@ -187,9 +187,8 @@ def _check_weights(ckpt: Mapping[str, Any]) -> None:
         )
     hparams = ckpt["hyper_parameters"]
     model = coerce(ModelConfig, hparams["model"], section="hyper_parameters.model")
-    network_keys = {k: getattr(model, k) for k in NETWORK_KEYS}
     with torch.device("meta"):
-        vae = build_vae(image_shape=tuple(hparams["image_shape"]), **network_keys)
+        vae = build_vae(config=model, image_shape=tuple(hparams["image_shape"]))
     # VAEModule's weights are its network's, under "vae." (its metrics keep no persistent state;
     # tests/test_checkpoint_safety.py checks that this stays so)
     expected = {f"vae.{k}": v for k, v in vae.state_dict().items()}
