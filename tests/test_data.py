@@ -344,7 +344,9 @@ def test_download_offline_leaves_nothing_behind(
     assert "Temporary failure in name resolution" in msg
     for mirror in data.MNIST.mirrors:
         assert f"{mirror}train-images-idx3-ubyte.gz" in msg
-    assert "data.download=true" in msg
+    # issue 23 §4: it was already set, so the fix is the network, not data.download=true
+    assert "data.download=true" not in msg
+    assert "check this machine's network access to https://" in msg
     assert "VAE_DATA_DIR" in msg
     assert leftovers(tmp_path / "MNIST" / "raw") == []  # no partial file, no staging directory
 

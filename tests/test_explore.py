@@ -13,6 +13,7 @@ package is missing; the Node tests then still check the same model.js.
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import http.client
 import io
@@ -950,3 +951,32 @@ def test_cli_missing_data_names_the_flag(
     assert err[0].startswith("error: ")
     assert "--data-root" in err[0]
     assert not out.exists()
+
+
+def test_cli_full_disk_while_writing_the_page_is_one_line_and_keeps_the_old_page(
+    tiny_run: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Issue 23 §5: the disk fills while the page is written (ENOSPC from the writes to its
+    temporary file): one ``error:`` line, exit 2, the previous page byte-identical, no temporary."""
+    from vae.train import data
+
+    run_dir, sums = tiny_run
+    monkeypatch.setitem(data.SHA256, "mnist", sums)
+    out = tmp_path / "page.html"
+    out.write_text("the previous page")
+    real_write = os.write
+
+    def write(fd: int, payload) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path / ".page.html.")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, payload)
+
+    monkeypatch.setattr(os, "write", write)
+    assert explore.main([str(run_dir), "--out", str(out), "--max-points", "20"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(
+        f"error: {out}: no space left on device while writing the explorer page"
+    )
+    assert out.read_text() == "the previous page"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page.html"]

@@ -54,6 +54,55 @@ class Marker(L.Callback):
         time.sleep(self.seconds)
 
 
+class SignalInTest(L.Callback):
+    """Send ``signum`` to this process after the first test batch."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        self.signum = signum
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl_idx=0) -> None:
+        if batch_idx == 0:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_a_signal_during_the_test_stops_it_and_the_printed_command_only_tests(
+    uninterrupted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 23 §4: the test used to run to its end (42 s with eval.iw_samples=300) while a
+    scheduler waited to SIGKILL. Now it stops after the batch in flight, exits 143, and the command
+    it prints resumes from the trained checkpoint: nothing is trained again, and the test numbers
+    equal an uninterrupted run's."""
+    run_dir = tmp_path / "run"
+    cfg = compose_config(
+        [
+            *RESUME_RUN,
+            "trainer.limit_test_batches=4",
+            "+callbacks.sig._target_=test_preemption.SignalInTest",
+        ],
+        output_dir=run_dir,
+    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(cfg)
+    assert exc.value.code == 143
+    match = LINE.match(capsys.readouterr().err.splitlines()[-1])
+    assert match, "no resume line"
+    assert match.group(1) == "24"  # all of training (3 epochs × 8 steps), none lost
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert f"ckpt_path={last}" in match.group(3)
+    assert not (run_dir / "metrics.json").exists()  # an interrupted run reports no result
+    before = last.read_bytes()
+
+    # the printed command, as the command line would run it (in-process, run_cli knows no
+    # Hydra overrides, so the command carries only ckpt_path, the data root and the directory)
+    train(compose_config([*RESUME_RUN, f"ckpt_path={last}"], output_dir=run_dir))
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["global_step"] == 24  # nothing trained again
+    assert last.read_bytes() == before
+    for key in ("test/loss", "test/recon", "test/kl", "test/nll_iw"):
+        assert summary["metrics"][key] == uninterrupted[key], key
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_epoch_saves_that_step_and_the_resume_is_exact(
     signum: int, code: int, uninterrupted, tmp_path: Path, capsys: pytest.CaptureFixture[str]

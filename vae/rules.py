@@ -41,6 +41,10 @@ def number_at_least(low: float, *, strict: bool = False) -> Rule:
     return (lambda v: _is_number(v) and v >= low), f"a finite number ≥ {low:g}"
 
 
+def number_in(low: float, high: float) -> Rule:
+    return (lambda v: _is_number(v) and low <= v <= high), f"a number in [{low:g}, {high:g}]"
+
+
 def one_of(options: Sequence[Any]) -> Rule:
     return (lambda v: v in options), "one of " + ", ".join(str(o) for o in options)
 

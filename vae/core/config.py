@@ -22,6 +22,7 @@ from vae.rules import (
     int_at_least,
     int_list,
     number_at_least,
+    number_in,
     one_of,
     plain,
     refuse_unknown,
@@ -81,7 +82,8 @@ class OptimConfig:
     lr: float = _field(3.0e-3, number_at_least(0, strict=True))
     weight_decay: float = _field(0.0, number_at_least(0))
     scheduler: str = _field("cosine", one_of(("none", "cosine")))
-    min_lr_ratio: float = _field(0.0, number_at_least(0))
+    # the cosine schedule's floor, a fraction of lr: above 1 it would climb instead of decay
+    min_lr_ratio: float = _field(0.0, number_in(0, 1))
 
 
 @dataclass(frozen=True)

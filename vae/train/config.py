@@ -20,7 +20,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vae.core import config as hparams
@@ -31,10 +31,12 @@ from vae.rules import (
     boolean,
     check,
     int_at_least,
+    int_in,
     number_at_least,
     one_of,
     optional,
     path,
+    plain,
     refuse_unknown,
 )
 
@@ -67,7 +69,7 @@ TOP_LEVEL = (
 
 #: key → rule; absent keys are skipped
 RULES: dict[str, Rule] = {
-    "seed": int_at_least(0),
+    "seed": int_in(0, 2**32 - 1),  # what Lightning's seed_everything (NumPy's seed) accepts
     "test": boolean(),
     "compile": boolean(),
     "ckpt_path": (
@@ -143,13 +145,59 @@ def _check_keys(cfg: DictConfig) -> None:
             refuse_unknown(section, [k for k in node if k != "_target_"], known)
 
 
+def _check_interpolations(node: DictConfig | ListConfig, prefix: str = "") -> None:
+    """Every ``${...}`` of the user's config resolves: an unset environment variable or a key that
+    does not exist is named here, not met as a traceback where the value is first used. Hydra's
+    own (``${hydra:...}``, and what leads to it) resolve only once the run starts, and are skipped."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        name = f"{prefix}{key}"
+        if name == "hydra":
+            continue
+        if OmegaConf.is_interpolation(node, key):
+            try:
+                node[key]
+            except OmegaConfBaseException as err:
+                if "HydraConfig was not set" in str(err):
+                    continue
+                raw = node._get_node(key)._value()
+                reason = str(err).splitlines()[0].rstrip(".")
+                raise ConfigError(
+                    f"{name}={raw!r}: cannot be resolved ({reason}); set what it refers to, or give "
+                    f"the value itself ({name}=<value>)"
+                ) from None
+            continue
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_missing():
+            _check_interpolations(child, f"{name}.")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first unknown key or value that is not allowed."""
     _check_keys(cfg)
+    _check_interpolations(cfg)
     rules = dict(RULES)
     for section, node in _targeted_nodes(cfg):
         rules |= {section + key: rule for key, rule in _target_rules(str(node._target_)).items()}
     for key, rule in rules.items():
         value = _select(cfg, key)
-        if value is not _MISSING:
+        if value is _MISSING:
+            continue
+        try:
             check(key, value, rule)
+        except ConfigError as err:
+            source = _interpolation(cfg, key)
+            if source is None:
+                raise
+            # the value came from elsewhere (VAE_DATA_DIR=''): say where, the key alone misleads
+            head = f"{key}={plain(value)!r}"
+            raise ConfigError(f"{head} (from {source}){str(err)[len(head) :]}") from None
+
+
+def _interpolation(cfg: DictConfig, key: str) -> str | None:
+    """The ``${...}`` that ``key``'s value comes from (None: typed as a value)."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = _select(cfg, parent_key) if parent_key else cfg
+    if not isinstance(parent, DictConfig) or leaf not in parent:
+        return None
+    return parent._get_node(leaf)._value() if OmegaConf.is_interpolation(parent, leaf) else None

@@ -378,7 +378,14 @@ def locate_files(
             if failures
             else f" ({hints.not_fetched}.)"
         )
-        fetch = hints.fetch.format(mirrors=", ".join(spec.mirrors))
+        mirrors = ", ".join(spec.mirrors)
+        # a download was tried: "set data.download=true" would advise what was already set
+        fetch = (
+            f"check this machine's network access to {mirrors} and run again (or download the "
+            "files on a machine that has it)"
+            if failures
+            else hints.fetch.format(mirrors=mirrors)
+        )
         raise DatasetError(
             f"{spec.title} files missing: {', '.join(f'{n}[.gz]' for n in missing)}; looked in "
             f"{looked}.{tried} Fix it either way: (1) {fetch}; or (2) put the four IDX files "

@@ -105,7 +105,9 @@ def write_atomic(
     returns ``path``."""
     payload = memoryview(data.encode("utf-8") if isinstance(data, str) else data).cast("B")
     with atomic_file(path, needed=payload.nbytes, what=what, kept=kept, fix=fix) as f:
-        f.write(payload)  # a buffered writer writes it all or raises
+        view = payload
+        while view:  # straight to the descriptor (the buffer stays empty); a write may be partial
+            view = view[os.write(f.fileno(), view) :]
     return Path(path)
 
 

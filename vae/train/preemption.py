@@ -11,6 +11,8 @@ What a scheduler sends before preempting a job (SLURM, Kubernetes: SIGTERM) or a
   process stops after the same step whichever of them got the signal (Lightning checks its flag
   after the batch on each rank alone, and one rank stopping while another waits in the next step's
   collective is a hang);
+- in the test (after fit), the same flag stops it at the next test batch: the checkpoint fit
+  saved is the trained model, and the printed command resumes from it, trains nothing and tests;
 - Lightning then raises ``SIGTERMException`` on every rank, and :meth:`Preemption.on_exception`
   saves ``checkpoints/last.ckpt`` at that step (mid-epoch: :class:`vae.train.data.ResumableLoader` records
   where in the epoch it was, so the resumed run trains exactly the batches that were left);
@@ -69,16 +71,39 @@ class Preemption(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()  # again: Lightning registered its own SIGTERM handler since
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
-    ) -> None:
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()  # Lightning registered its handler again for trainer.test
+
+    def _stop_requested(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Whether any process got a signal (under DDP all agree, so all stop at the same batch)."""
         stop = self.received is not None
         if trainer.world_size > 1:  # one tiny all-reduce a step (Lightning broadcasts one too)
             flag = torch.tensor([float(stop)], device=pl_module.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
-        if stop:  # Lightning raises SIGTERMException right after this batch, on every rank
+        return stop
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if self._stop_requested(trainer, pl_module):
+            # Lightning raises SIGTERMException right after this batch, on every rank
             trainer._signal_connector.received_sigterm = True
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # Lightning checks its flag in training only: a test (the IW bound can take minutes) would
+        # run to its end while a scheduler waits to send SIGKILL. Nothing is trained here, so the
+        # checkpoint fit wrote is what a resumed run tests (see on_exception).
+        if self._stop_requested(trainer, pl_module):
+            raise SIGTERMException
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -88,6 +113,12 @@ class Preemption(L.Callback):
         if self.received is None:  # Lightning's flag from elsewhere (e.g. SLURM's handler)
             self.received = signal.SIGTERM
         callback = trainer.checkpoint_callback
+        last = getattr(callback, "last_model_path", "")
+        if trainer.testing and last and Path(last).is_file():
+            # stopped in the test after fit saved its last checkpoint: that one is the trained
+            # model; resuming from it trains nothing and tests again
+            self.saved = (trainer.global_step, Path(last))
+            return
         path = Path(getattr(callback, "dirpath", None) or trainer.default_root_dir) / "last.ckpt"
         # weights_only (2nd argument) false: the whole state to resume from. Every rank calls it:
         # rank 0 writes, the others wait

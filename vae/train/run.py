@@ -26,8 +26,15 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import (
+    GrammarParseError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+)
+from omegaconf.errors import ValidationError as OmegaConfValidationError
 
 from vae.errors import ConfigError, RunInterrupted, UserError
+from vae.rules import check, path
 from vae.train.checkpointing import (
     AtomicCheckpointIO,
     check_resumable,
@@ -69,20 +76,62 @@ def _build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
         return _instantiate(cfg.trainer, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
-        if isinstance(cause, (MisconfigurationException, ValueError)):
+        # a TypeError too: Lightning checks some values' types by using them (devices=[0, 1] on
+        # a CPU accelerator is "'list' object cannot be interpreted as an integer")
+        if isinstance(cause, (MisconfigurationException, ValueError, TypeError)):
             raise ConfigError(f"trainer: {' '.join(str(cause).split())}") from None
         raise
 
 
+#: what OmegaConf raises for a value the user wrote (an interpolation that does not resolve, a
+#: ``???`` left unset, a value of the wrong type for its node): the user's to fix, not a bug
+_USER_CONFIG_ERRORS = (
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfValidationError,
+    GrammarParseError,
+)
+
+
 @contextlib.contextmanager
 def _user_error_exits(context: str = "") -> Iterator[None]:
-    """A :class:`UserError` in the block (or the decorated function) becomes one
-    ``error: <context><message>`` line on stderr and exit 2."""
+    """The error boundary of a command: in the block (or the decorated function) a
+    :class:`UserError`, a value OmegaConf or Lightning refuses (:data:`_USER_CONFIG_ERRORS`,
+    ``MisconfigurationException``) becomes one ``error: <context><message>`` line on stderr and
+    exit 2. Anything else is a bug and keeps its traceback."""
     try:
         yield
     except UserError as err:
         print(f"error: {context}{err}", file=sys.stderr)
         sys.exit(2)
+    except (*_USER_CONFIG_ERRORS, MisconfigurationException) as err:
+        key = getattr(err, "full_key", None)
+        where = f"{key}: " if key else ""
+        reason = " ".join(str(err).splitlines()[0].split()) if str(err) else type(err).__name__
+        print(f"error: {context}{where}{reason}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _check_creatable(directory: Path, *, key: str, value: Any, what: str) -> None:
+    """Create ``directory`` now (Hydra would next), or a :class:`ConfigError` naming ``key``: the
+    one test the OS cannot fool (``os.access`` says a folder under ``/proc`` is writable)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        existing = next(p for p in (directory, *directory.parents) if p.exists())
+        reason = f"{existing} is not a directory" if not existing.is_dir() else err.strerror
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and existing.is_dir():
+            reason = f"{existing} is not writable"
+        raise ConfigError(
+            f"{key}={str(value)!r}: cannot create {what} there ({reason}); choose another "
+            f"location with {key}=<dir>"
+        ) from None
+
+
+def _typed(config: DictConfig, key: str) -> bool:
+    """Whether the user typed ``key=...`` (a Hydra override), so a message names it rather than
+    ``paths.log_dir``, the key its default derives from."""
+    return any(o.startswith(f"{key}=") for o in config.hydra.overrides.hydra)
 
 
 class CheckRunDir(Callback):
@@ -97,17 +146,12 @@ class CheckRunDir(Callback):
         if config.get("ckpt_path") not in (None, "last"):  # a file that is no checkpoint of ours
             ckpt = resolve_ckpt_path(config.ckpt_path, run_dir)
             load_checkpoint(ckpt, name=f"ckpt_path={str(ckpt)!r}")  # the message train() gives
-        existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            what = "not a directory" if not existing.is_dir() else "not writable"
-            typed = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
-            key, value = (
-                ("hydra.run.dir", run_dir) if typed else ("paths.log_dir", config.paths.log_dir)
-            )
-            raise ConfigError(
-                f"{key}={str(value)!r}: cannot create the run directory there ({existing} is "
-                f"{what}); choose another location with {key}=<dir>"
-            )
+        key, value = (
+            ("hydra.run.dir", run_dir)
+            if _typed(config, "hydra.run.dir")
+            else ("paths.log_dir", config.paths.log_dir)
+        )
+        _check_creatable(run_dir, key=key, value=value, what="the run directory")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.global_hydra import GlobalHydra
@@ -120,6 +164,16 @@ class CheckRunDir(Callback):
                 f"sweep job {n} of {len(jobs)} ({' '.join(overrides)}), so no job was started: "
             ):
                 validate_config(job)
+        with _user_error_exits():
+            sweep_dir = check("hydra.sweep.dir", config.hydra.sweep.dir, path())  # '' writes to .
+            key, value = (
+                ("hydra.sweep.dir", sweep_dir)
+                if _typed(config, "hydra.sweep.dir")
+                else ("paths.log_dir", config.paths.log_dir)
+            )
+            _check_creatable(
+                Path(sweep_dir).absolute(), key=key, value=value, what="the sweep directory"
+            )
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
