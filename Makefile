@@ -10,7 +10,7 @@ UNPINNED ?=
 # one stamp per mode, so switching between pinned and unpinned reinstalls
 STAMP := $(VENV)/.installed$(if $(UNPINNED),-unpinned,-pinned)
 CONSTRAINTS := $(if $(UNPINNED),,--constraint constraints.txt)
-EXTRAS := train,dev
+EXTRAS := train,search,dev
 ARGS ?=
 PYTEST_ARGS ?=
 

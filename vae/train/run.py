@@ -13,7 +13,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ def _build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
 
 
 @contextlib.contextmanager
-def _user_error_exits(context: str = "") -> Iterator[None]:
+def user_error_exits(context: str = "") -> Iterator[None]:
     """A :class:`UserError` in the block (or the decorated function) becomes one
     ``error: <context><message>`` line on stderr and exit 2."""
     try:
@@ -89,7 +89,7 @@ class CheckRunDir(Callback):
     leaves no stub run directory), every job of a sweep before the first starts, and that the run
     directory can be created where it is asked for."""
 
-    @_user_error_exits()
+    @user_error_exits()
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         validate_config(config)
         run_dir = Path(str(config.hydra.run.dir)).absolute()
@@ -110,19 +110,37 @@ class CheckRunDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.global_hydra import GlobalHydra
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        loader = GlobalHydra.instance().config_loader()
+        if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+            return  # another sweeper (hparams_search=optuna) validates its own trials up front
         # the override lists of the sweep's jobs, as Hydra's basic sweeper expands them
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-        for n, overrides in enumerate(jobs):
-            job = loader.load_sweep_config(config, overrides)
-            with _user_error_exits(
-                f"sweep job {n} of {len(jobs)} ({' '.join(overrides)}), so no job was started: "
-            ):
-                validate_config(job)
+        validate_sweep(config, jobs, what="sweep job", nothing="no job was started")
+
+
+#: ``hydra.sweeper._target_`` of Hydra's own sweeper (``-m key=a,b``)
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def validate_sweep(
+    config: DictConfig,
+    jobs: list[list[str]],
+    *,
+    what: str,
+    nothing: str,
+    check: Callable[[DictConfig], None] = validate_config,
+) -> None:
+    """``check`` the config of each job of a sweep (its override list) before any starts; the
+    first problem is one ``error: <what> n of N (<overrides>), so <nothing>: ...`` line, exit 2."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    for n, overrides in enumerate(jobs):
+        job = loader.load_sweep_config(config, overrides)
+        with user_error_exits(f"{what} {n} of {len(jobs)} ({' '.join(overrides)}), so {nothing}: "):
+            check(job)
 
 
 def _write_config(output_dir: Path, text: str) -> None:
@@ -346,7 +364,7 @@ def _fit_and_test(
     return metrics
 
 
-@_user_error_exits()
+@user_error_exits()
 def run_cli(cfg: DictConfig) -> float | None:
     """Run :func:`train` for the command line: a user error becomes one line on stderr and exit 2."""
     try:
