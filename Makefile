@@ -21,7 +21,7 @@ help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
 		| awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv and install the package with its train and dev extras (pinned)
+install: $(STAMP)  ## create .venv and install the package with its train, search and dev extras (pinned)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

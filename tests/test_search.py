@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, compose_config, run_metrics, train_py
+from conftest import ROOT, TINY, compose_config, run_metrics, train_py
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 optuna = pytest.importorskip("optuna", reason="the search extra: pip install -e '.[search]'")
@@ -199,3 +201,20 @@ def test_search_through_the_local_executor_runs_two_jobs(tmp_path: Path, mnist_r
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     for trial in trials:  # reported from the job's process, equal to what its run wrote
         assert trial.intermediate_values == {0: _val_loss(trial)} == {0: trial.value}
+
+
+def test_without_the_search_extra_a_search_is_one_line(tmp_path: Path) -> None:
+    code = (
+        "import runpy, sys; sys.modules['optuna'] = None; "  # import optuna: ModuleNotFoundError
+        f"sys.argv = ['train.py', '-m', 'hparams_search=optuna', 'hydra.sweep.dir={tmp_path}/s']; "
+        "runpy.run_path('train.py', run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: hydra/sweeper=vae_optuna (hparams_search=optuna) needs the search extra "
+        "('optuna' is not installed): pip install -e '.[search]' (or make install)"
+    )
+    assert not (tmp_path / "s").exists()

@@ -7,6 +7,7 @@ the search itself is :mod:`vae.search` (Optuna, the training stack), imported wh
 
 # no `from __future__ import annotations`: Hydra's plugin scan runs this module before it is in
 # sys.modules, where dataclasses look up string annotations
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -22,6 +23,8 @@ class OptunaSweeperConf:
     """``hydra.sweeper``: what a search minimises is fixed (``val/loss``, nats per image)."""
 
     _target_: str = "hydra_plugins.vae_search.optuna_sweeper.OptunaSweeper"
+    # the sampler is built when the search starts, after the check that Optuna is installed
+    _recursive_: bool = False
     # null: sqlite:///<hydra.sweep.dir>/optuna.db; or any SQLAlchemy URL (postgresql://...)
     storage: Optional[str] = None  # noqa: UP045 (OmegaConf's structured configs need Optional)
     study_name: str = "vae"
@@ -43,6 +46,10 @@ ConfigStore.instance().store(
 )
 
 
+#: modules of the ``search`` extra (pyproject.toml): a missing one is a user error
+SEARCH_EXTRA = {"optuna", "sqlalchemy", "alembic"}
+
+
 class OptunaSweeper(Sweeper):
     """Asks the study for trials, runs them through the configured launcher, tells their ends."""
 
@@ -54,8 +61,17 @@ class OptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        from vae.search.trial import TrialTask
-
+        try:
+            from vae.search.trial import TrialTask
+        except ModuleNotFoundError as err:
+            if (err.name or "").split(".")[0] not in SEARCH_EXTRA:
+                raise
+            print(
+                f"error: hydra/sweeper=vae_optuna (hparams_search=optuna) needs the search extra "
+                f"({err.name!r} is not installed): pip install -e '.[search]' (or make install)",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=TrialTask(task_function), config=config

@@ -18,6 +18,7 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.errors import OverrideParseException
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -117,10 +118,16 @@ class SearchSpace:
     def parse(cls, params: Mapping[str, str], arguments: Sequence[str]) -> SearchSpace:
         """``params`` (``hydra.sweeper.params``: key → sweep) and the command line's overrides."""
         parser = OverridesParser.create()
-        configured = [f"{key}={value}" for key, value in params.items()]
+        configured = []
+        for key, value in params.items():
+            try:
+                configured += parser.parse_overrides([f"{key}={value}"])
+            except OverrideParseException as err:
+                why = " ".join(str(err).split())
+                raise ConfigError(f"hydra.sweeper.params.{key}={value!r}: {why}") from None
         dims: dict[str, Dimension] = {}
         fixed: list[str] = []
-        for override in parser.parse_overrides([*configured, *arguments]):
+        for override in [*configured, *parser.parse_overrides(list(arguments))]:
             if override.is_sweep_override():
                 dim = _dimension(override)
                 dims[dim.name] = dim  # the command line's sweep of a key replaces the config's

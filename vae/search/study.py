@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 from hydra.plugins.launcher import Launcher
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
@@ -199,15 +200,17 @@ def run_sweep(
             raise ConfigError(
                 "hydra.sweeper.params: nothing to search (no choice, range or interval)"
             )
+    corners = space.corner_jobs()
     validate_sweep(
         config,
-        [job + _study_overrides(config, study_settings, 0) for job in space.corner_jobs()],
+        # the corners, then the first with the study's overrides (the pruning callback's keys)
+        [*corners, corners[0] + _study_overrides(config, study_settings, 0)],
         what="search config",
         nothing="no trial was started",
         check=_check_trial,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search logs each trial itself
-    sampler = settings["sampler"]  # Hydra instantiated it with the sweeper
+    sampler = instantiate(settings["sampler"])
     try:
         return search(config, launcher, space, study_settings, sampler)
     except (KeyboardInterrupt, SystemExit) as stop:
