@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from vae.errors import ConfigError  # noqa: E402
 from vae.search.space import SearchSpace  # noqa: E402
-from vae.search.study import _check_trial, run_batch  # noqa: E402
+from vae.search.study import _check_trial, reclaim_orphans, run_batch  # noqa: E402
 
 #: a trial small enough for a test: 2 epochs of 8 batches, no test set, no figures, no explorer
 TRIAL = (
@@ -111,6 +112,23 @@ def test_an_interrupted_trial_is_failed_and_queued_again(tmp_path: Path) -> None
     assert first.user_attrs["interrupted"] is True
     assert again.state == TrialState.WAITING
     assert study.ask({"x": FloatDistribution(0, 1)}).params == first.params  # tried again first
+
+
+def test_trials_of_a_killed_search_are_reclaimed_on_resume(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="s")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a PID that no process has now
+    host = socket.gethostname()
+    orphan, alive = (study.ask({"x": FloatDistribution(0, 1)}) for _ in range(2))
+    orphan.set_user_attr("sweeper", f"{host}:{gone.pid}")  # kill -9'd while it ran this trial
+    alive.set_user_attr("sweeper", f"{host}:{os.getpid()}")  # still running it
+    reclaim_orphans(study)
+    first, second, again = study.get_trials()
+    assert (first.state, second.state, again.state) == (
+        TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING,
+    )  # fmt: skip
+    assert first.user_attrs["interrupted"] is True
+    assert again.user_attrs["retry_of"] == first.number
 
 
 # ---- real searches -------------------------------------------------------------------------------
@@ -218,3 +236,44 @@ def test_without_the_search_extra_a_search_is_one_line(tmp_path: Path) -> None:
         "('optuna' is not installed): pip install -e '.[search]' (or make install)"
     )
     assert not (tmp_path / "s").exists()
+
+
+# ---- the SLURM launcher ------------------------------------------------------------------------
+def test_the_slurm_config_asks_sbatch_for_what_the_readme_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hydra/launcher=slurm`` through submitit up to the sbatch script (no cluster: a stand-in
+    ``srun`` on the PATH, and the submission itself replaced)."""
+    submitit = pytest.importorskip("submitit")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    executors = []
+    monkeypatch.setattr(
+        submitit.AutoExecutor, "map_array", lambda ex, *a: executors.append(ex) or []
+    )
+    overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                 "hydra.launcher.gpus_per_node=4", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    before = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)  # ${hydra.job.name} in the launcher's config
+    try:
+        launcher = instantiate(cfg.hydra.launcher)
+        launcher.config = cfg
+        launcher.launch([["seed=0"]], initial_job_idx=0)
+    finally:
+        HydraConfig.instance().cfg = before  # other tests see no Hydra run
+    script = executors[0]._executor._make_submission_file_text("CMD", "uid")
+    sbatch = {line.removeprefix("#SBATCH ") for line in script.splitlines() if "#SBATCH" in line}
+    assert {
+        "--partition=gpu", "--time=240", "--nodes=1", "--gpus-per-node=4",
+        "--ntasks-per-node=4",  # one task per GPU, following gpus_per_node
+        "--cpus-per-task=8", "--mem=32GB", "--signal=USR2@120",
+    } <= sbatch  # fmt: skip
+    assert executors[0]._executor.max_num_timeout == 3

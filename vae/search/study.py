@@ -3,14 +3,16 @@
 The study lives in a database (SQLite in the sweep directory unless ``storage`` names another,
 e.g. a PostgreSQL URL shared by several machines). ``n_trials`` is the number of trials the study
 should hold (complete, pruned or failed), so the same command continues an interrupted search
-where it stopped: a trial that was running when the search was interrupted is recorded as failed
-and its parameters are tried again first.
+where it stopped: a trial that was running when the search was interrupted (or, on the same host,
+killed) is recorded as failed and its parameters are tried again first.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -96,6 +98,34 @@ def _interrupted(study: optuna.Study, batch: Sequence[optuna.Trial]) -> None:
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
+def _owner() -> str:
+    """Who runs a trial: ``<host>:<pid>`` of the search process (the trial's ``sweeper`` attribute)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _dead(owner: str) -> bool:
+    """Whether the search process ``owner`` is gone (only a process on this host can be told)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def reclaim_orphans(study: optuna.Study) -> None:
+    """Trials left running by a search on this host that died without a word (``kill -9``, a
+    crash): recorded as interrupted and queued again, like those of a search that was stopped."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    orphans = [t for t in running if _dead(str(t.user_attrs.get("sweeper", "")))]
+    # optuna.Trial takes the storage's id of a trial, which FrozenTrial keeps as _trial_id
+    _interrupted(study, [optuna.Trial(study, t._trial_id) for t in orphans])
+
+
 def run_batch(
     study: optuna.Study,
     launcher: Launcher,
@@ -135,6 +165,7 @@ def search(
         direction="minimize",
         load_if_exists=True,
     )
+    reclaim_orphans(study)
     done = _counted(study)
     log.info(
         f"study {settings.study_name!r} in {settings.storage}: {done} of {settings.n_trials} "
@@ -142,6 +173,8 @@ def search(
     )
     while (left := settings.n_trials - _counted(study)) > 0:
         batch = [study.ask(space.distributions) for _ in range(min(settings.n_jobs, left))]
+        for trial in batch:
+            trial.set_user_attr("sweeper", _owner())
         overrides = [
             space.overrides(t.params) + _study_overrides(config, settings, t._trial_id)
             for t in batch
