@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, compose_config, run_metrics, train_py
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 optuna = pytest.importorskip("optuna", reason="the search extra: pip install -e '.[search]'")
 from optuna.distributions import (  # noqa: E402
@@ -29,7 +30,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from vae.errors import ConfigError  # noqa: E402
 from vae.search.space import SearchSpace  # noqa: E402
-from vae.search.study import _check_trial, reclaim_orphans, run_batch  # noqa: E402
+from vae.search.study import _check_trial, _settings, reclaim_orphans, run_batch  # noqa: E402
 
 #: a trial small enough for a test: 2 epochs of 8 batches, no test set, no figures, no explorer
 TRIAL = (
@@ -81,6 +82,15 @@ def test_a_search_needs_validation_batches() -> None:
     _check_trial(compose_config([*TINY]))  # passes
     with pytest.raises(ConfigError, match=r"^trainer.limit_val_batches=0: a search minimises"):
         _check_trial(compose_config([*TINY, "trainer.limit_val_batches=0"]))
+
+
+@pytest.mark.parametrize("key", ["n_trials", "n_jobs", "table_rows"])
+def test_the_sweeper_counts_must_be_positive(key: str) -> None:
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": "/nonexistent/sweep"}}})
+    settings = {"storage": None, "study_name": "vae", "n_trials": 3, "n_jobs": 1, "table_rows": 5}
+    assert _settings(config, settings).storage == "sqlite:////nonexistent/sweep/optuna.db"
+    with pytest.raises(ConfigError, match=rf"^hydra.sweeper.{key}=0: expected an integer ≥ 1$"):
+        _settings(config, settings | {key: 0})
 
 
 def test_a_bad_trial_config_is_refused_before_any_trial_starts(tmp_path: Path) -> None:

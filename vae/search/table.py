@@ -64,7 +64,8 @@ def write_table(study: optuna.Study, path: Path, *, rows: int) -> Path:
     best = "no trial completed"
     if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         best = f"best {MONITOR}: {study.best_value:.2f} nats per image (trial {study.best_trial.number})"
-    print(f"\n{best}; the best {rows} trials of study {study.study_name!r}:\n")
+    shown = min(rows, len(ranked(study)))
+    print(f"\n{best}; the best {shown} trials of study {study.study_name!r}:\n")
     print(markdown_table(study, sweep_dir=sweep_dir, rows=rows))
     text = f"# Study {study.study_name!r}: {best}\n\n" + markdown_table(study, sweep_dir=sweep_dir)
     tmp = path.with_name(f".{path.name}.tmp")
