@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from vae.search.pruning import MONITOR
+from vae.train.files import write_atomic
 
 _ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2}
 
@@ -58,8 +59,8 @@ def markdown_table(study: optuna.Study, *, sweep_dir: Path, rows: int | None = N
 
 
 def write_table(study: optuna.Study, path: Path, *, rows: int) -> Path:
-    """Print the best ``rows`` trials and write all of them to ``path`` (replaced atomically: a
-    temporary sibling renamed over it, so a link planted at ``path`` is replaced, not followed)."""
+    """Print the best ``rows`` trials and write all of them to ``path`` (atomically; a link
+    planted at ``path`` is replaced, not followed)."""
     sweep_dir = path.parent
     best = "no trial completed"
     if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
@@ -68,8 +69,6 @@ def write_table(study: optuna.Study, path: Path, *, rows: int) -> Path:
     print(f"\n{best}; the best {shown} trials of study {study.study_name!r}:\n")
     print(markdown_table(study, sweep_dir=sweep_dir, rows=rows))
     text = f"# Study {study.study_name!r}: {best}\n\n" + markdown_table(study, sweep_dir=sweep_dir)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, text)
     print(f"all trials: {path}")
     return path
