@@ -10,7 +10,7 @@ UNPINNED ?=
 # one stamp per mode, so switching between pinned and unpinned reinstalls
 STAMP := $(VENV)/.installed$(if $(UNPINNED),-unpinned,-pinned)
 CONSTRAINTS := $(if $(UNPINNED),,--constraint constraints.txt)
-EXTRAS := train,dev
+EXTRAS := train,search,dev
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -21,7 +21,7 @@ help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
 		| awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv and install the package with its train and dev extras (pinned)
+install: $(STAMP)  ## create .venv and install the package with its train, search and dev extras (pinned)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

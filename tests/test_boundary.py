@@ -107,13 +107,13 @@ def test_a_trainer_argument_of_the_wrong_type_is_one_line(
 
 def test_the_boundary_maps_what_omegaconf_raises_and_keeps_a_bug_s_traceback(capsys) -> None:
     cfg = OmegaConf.create({"model": {"latent_dim": "${oc.env:VAE_TEST_UNSET}"}})
-    with pytest.raises(SystemExit) as exc, run._user_error_exits():
+    with pytest.raises(SystemExit) as exc, run.user_error_exits():
         cfg.model.latent_dim  # noqa: B018 (resolving it is the point)
     assert exc.value.code == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1
     assert err[0].startswith("error: model.latent_dim: ")
-    with pytest.raises(KeyError, match="a bug"), run._user_error_exits():
+    with pytest.raises(KeyError, match="a bug"), run.user_error_exits():
         raise KeyError("a bug")  # not the user's: the traceback stays
     assert capsys.readouterr().err == ""
 

@@ -49,12 +49,12 @@ def _imports(path: Path) -> set[str]:
 
 GRAPH = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
 #: each layer imports only the layers before it: the KL library and the foundations, then core,
-#: then the training application, then the visualisation (and the command entry points)
+#: then the training application, then the visualisation, the search (and the command entry points)
 LAYERS = (
     ("vae.kl", "vae.errors", "vae.rules"),
     ("vae.core",),
     ("vae.train",),
-    ("vae.viz", "vae.visualize", "vae.explore", "vae.losses", "vae"),
+    ("vae.viz", "vae.search", "vae.visualize", "vae.explore", "vae.losses", "vae"),
 )
 
 

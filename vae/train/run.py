@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,7 @@ _USER_CONFIG_ERRORS = (
 
 
 @contextlib.contextmanager
-def _user_error_exits(context: str = "") -> Iterator[None]:
+def user_error_exits(context: str = "") -> Iterator[None]:
     """The error boundary of a command: in the block (or the decorated function) a
     :class:`UserError`, a value OmegaConf or Lightning refuses (:data:`_USER_CONFIG_ERRORS`,
     ``MisconfigurationException``) becomes one ``error: <context><message>`` line on stderr and
@@ -139,7 +139,7 @@ class CheckRunDir(Callback):
     leaves no stub run directory), every job of a sweep before the first starts, and that the run
     directory can be created where it is asked for."""
 
-    @_user_error_exits()
+    @user_error_exits()
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         validate_config(config)
         run_dir = Path(str(config.hydra.run.dir)).absolute()
@@ -154,17 +154,11 @@ class CheckRunDir(Callback):
         _check_creatable(run_dir, key=key, value=value, what="the run directory")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra.core.global_hydra import GlobalHydra
-
-        loader = GlobalHydra.instance().config_loader()
+        if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+            return  # another sweeper (hparams_search=optuna) validates its own trials up front
         jobs = sweep_jobs(list(config.hydra.overrides.task))
-        for n, overrides in enumerate(jobs):
-            job = loader.load_sweep_config(config, overrides)
-            with _user_error_exits(
-                f"sweep job {n} of {len(jobs)} ({' '.join(overrides)}), so no job was started: "
-            ):
-                validate_config(job)
-        with _user_error_exits():
+        validate_sweep(config, jobs, what="sweep job", nothing="no job was started")
+        with user_error_exits():
             sweep_dir = check("hydra.sweep.dir", config.hydra.sweep.dir, path())  # '' writes to .
             key, value = (
                 ("hydra.sweep.dir", sweep_dir)
@@ -174,6 +168,29 @@ class CheckRunDir(Callback):
             _check_creatable(
                 Path(sweep_dir).absolute(), key=key, value=value, what="the sweep directory"
             )
+
+
+#: ``hydra.sweeper._target_`` of Hydra's own sweeper (``-m key=a,b``)
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def validate_sweep(
+    config: DictConfig,
+    jobs: list[list[str]],
+    *,
+    what: str,
+    nothing: str,
+    check: Callable[[DictConfig], None] = validate_config,
+) -> None:
+    """``check`` the config of each job of a sweep (its override list) before any starts; the
+    first problem is one ``error: <what> n of N (<overrides>), so <nothing>: ...`` line, exit 2."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    for n, overrides in enumerate(jobs):
+        job = loader.load_sweep_config(config, overrides)
+        with user_error_exits(f"{what} {n} of {len(jobs)} ({' '.join(overrides)}), so {nothing}: "):
+            check(job)
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -402,7 +419,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return metrics
 
 
-@_user_error_exits()
+@user_error_exits()
 def run_cli(cfg: DictConfig) -> float | None:
     """Run :func:`train` for the command line: a user error becomes one line on stderr and exit 2."""
     try:
