@@ -831,8 +831,7 @@ def test_nonfinite_message_points_at_the_kept_checkpoint(
         (
             [0.5, 0.5],
             [0.3, 0.3, 0.4],
-            "p and q must have the same shape (no broadcasting), got (2,) and (3,); use "
-            "q.expand_as(p) to compare many p with one q",
+            "p and q do not broadcast: shapes (2,) and (3,) (torch's broadcasting rules apply)",
         ),
         ([], [], "p is empty (shape (0,))"),
         (torch.zeros(2, 0), torch.zeros(2, 0), "p is empty (shape (2, 0))"),
