@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import CONFIG_DIR, compose_config
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -103,6 +103,7 @@ def test_callbacks_and_logger_instantiate(tmp_path: Path) -> None:
         EpochTimer,
         RoundedProgressBar,
         ExplorerWriter,
+        LearningRateMonitor,
     }
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert checkpoint.monitor == "val/loss"

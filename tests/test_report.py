@@ -107,7 +107,7 @@ def cli_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Simpl
 
 
 def test_run_directory_says_what_the_run_is(cli_run: SimpleNamespace) -> None:
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_mlp-z2", cli_run.run_dir.name)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_mnist_mlp-z2", cli_run.run_dir.name)
 
 
 def test_stderr_has_no_warning_tip_or_banner(cli_run: SimpleNamespace) -> None:
@@ -162,6 +162,10 @@ def test_event_file_has_the_curated_hparams_and_no_hparams_scalars(
         content[hparams_metadata.SESSION_START_INFO_TAG]
     )
     assert [h.name for h in experiment.hparam_infos] == list(CURATED_KEYS)
+    # the trial's name: dataset, model and latent size first, then when it started (from the
+    # directory's name 2026-12-01_10-31-07_mnist_mlp-z2): short, and unique per run
+    d = re.fullmatch(r"\d{4}-(\d\d-\d\d)_(\d\d)-(\d\d)-(\d\d)_mnist_mlp-z2", cli_run.run_dir.name)
+    assert start.group_name == f"mnist_mlp-z2 {d[1]} {d[2]}:{d[3]}:{d[4]}"
     # the five TensorBoard displays first (it sorts by differs, then by name)
     assert [h.name for h in experiment.hparam_infos if h.differs] == sorted(
         SHOWN_FIRST, key=CURATED_KEYS.index

@@ -22,7 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -272,6 +272,8 @@ def _fit_and_test(
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     preemption = Preemption()
     loggers = _instantiate_all(cfg.get("logger"))
+    if not loggers:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = _build_trainer(
         cfg,
         callbacks=[*callbacks, preemption],
