@@ -40,23 +40,25 @@ CURATED_KEYS: tuple[str, ...] = (
     "trainer.max_epochs",
 )
 
-#: the metric columns of the HParams table: scalar tags the module logs (last value shown)
+#: the metric columns of the HParams table: scalar tags the module logs (last value shown).
+#: TensorBoard displays the first five (test/recon = test/loss − test/kl is the sixth, a tick away)
 HPARAM_METRICS: tuple[str, ...] = (
     "test/loss",
-    "test/recon",
-    "test/kl",
     "test/nll_iw",
+    "test/kl",
     "test/active_units",
     "val/loss",
+    "test/recon",
 )
 
-#: the HParams columns displayed when the dashboard opens (the rest are listed to tick): those
-#: marked ``differs``, the only display hint its Experiment proto carries. The dataset, model and
-#: latent size are in each row's name (:func:`trial_name`), so two columns leave room for every
-#: metric at 1920 px
+#: the HParams columns displayed when the dashboard opens (TensorBoard shows five, the rest are
+#: listed to tick): those marked ``differs``, the only display hint its Experiment proto carries
 SHOWN_FIRST: tuple[str, ...] = (
+    "model.latent_dim",
+    "model.architecture",
     "model.beta",
     "optim.lr",
+    "data.dataset",
 )
 
 

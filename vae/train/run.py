@@ -156,20 +156,13 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> VAEModul
 def run_lock(output_dir: Path) -> Iterator[None]:
     """Hold an exclusive ``fcntl`` lock on ``<output_dir>/.lock`` for the run (global rank 0 only:
     the other DDP processes share its directory). A second live run into the same directory is a
-    :class:`ConfigError` naming the holder's PID; the lock dies with its process (``kill -9`` too)."""
+    :class:`ConfigError` naming the holder's PID; the lock dies with its process (``kill -9`` too).
+    The file is removed when the run ends (a ``kill -9`` leaves it, unlocked: harmless)."""
     if rank_zero_only.rank != 0:
         yield
         return
-    with open(output_dir / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise ConfigError(
-                f"run directory {str(output_dir)!r} is in use by another run (PID {holder}); "
-                "wait for it to end, or choose another one with hydra.run.dir=<dir>"
-            ) from None
+    path = output_dir / ".lock"
+    with _locked(path) as f:
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -177,7 +170,29 @@ def run_lock(output_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            path.unlink(missing_ok=True)  # while still locked: the next run makes a new file
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[Any]:
+    """``path`` opened and exclusively locked; a :class:`ConfigError` if a live run holds it."""
+    while True:
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise ConfigError(
+                    f"run directory {str(path.parent)!r} is in use by another run (PID {holder}); "
+                    "wait for it to end, or choose another one with hydra.run.dir=<dir>"
+                ) from None
+            # a run that ended between our open and flock removed the file we locked: again
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                    yield f
+                    return
 
 
 def resolve_ckpt_path(value: Any, output_dir: Path) -> Path | None:
