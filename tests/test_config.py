@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from vae.train.callbacks import EpochTimer, RoundedProgressBar
+from vae.train.callbacks import EpochTimer, ParameterSummary, RoundedProgressBar
 from vae.train.config import validate_config
 from vae.train.data import MNISTDataModule
 from vae.train.run import _instantiate_all, build_module
@@ -104,6 +104,7 @@ def test_callbacks_and_logger_instantiate(tmp_path: Path) -> None:
         RoundedProgressBar,
         ExplorerWriter,
         LearningRateMonitor,
+        ParameterSummary,
     }
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert checkpoint.monitor == "val/loss"

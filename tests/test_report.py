@@ -7,6 +7,7 @@ read what it printed and wrote; the rest compose configs or call the functions d
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -184,3 +185,38 @@ def test_event_file_has_the_curated_hparams_and_no_hparams_scalars(
     assert [m.name.tag for m in experiment.metric_infos] == list(HPARAM_METRICS)
     for tag in HPARAM_METRICS:
         assert acc.Scalars(tag)[-1].value == pytest.approx(metrics[tag], rel=1e-6), tag
+
+
+def test_model_summary_lists_the_layers_with_parameters_and_no_flops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from lightning.pytorch.utilities.model_summary import summarize
+
+    from vae.train.callbacks import ParameterSummary
+    from vae.train.module import VAEModule
+
+    module = VAEModule()
+    summary = summarize(module, max_depth=1)
+    assert "eval_means" in summary.layer_names  # what Lightning's own summary lists
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.callbacks.model_summary"):
+        ParameterSummary.summarize(
+            summary._get_summary_data(),
+            summary.total_parameters,
+            summary.trainable_parameters,
+            summary.model_size,
+            summary.total_training_modes,
+            total_flops=0,
+        )
+    table = caplog.records[-1].getMessage()
+    rows = [line.split("|") for line in table.splitlines() if line.count("|") >= 3]
+    names = [r[1].strip() for r in rows[1:]]
+    assert names == [
+        n
+        for n in summary.layer_names
+        if any(p.numel() for p in module.get_submodule(n).parameters())
+    ]
+    assert names == ["vae"]
+    assert "FLOPs" not in table
+    assert "Flops" not in table
+    total = sum(p.numel() for p in module.parameters())
+    assert total == summary.total_parameters

@@ -22,7 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -285,6 +285,8 @@ def _fit_and_test(
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it cannot show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not cfg.trainer.get("enable_model_summary", True):  # and a summary it was told not to print
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     preemption = Preemption()
     loggers = _instantiate_all(cfg.get("logger"))
     if not loggers:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
