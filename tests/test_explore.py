@@ -40,7 +40,7 @@ from vae.train.module import VAEModule
 from vae.viz import explore
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_JS = ROOT / "vae" / "explorer" / "model.js"
+MODEL_JS = ROOT / "vae" / "viz" / "explorer" / "model.js"
 CHROMIUM = Path("/usr/bin/chromium")
 NODE = shutil.which("node")
 TOL = 1e-4  # float32 weights: page vs torch, pixels and mu / logvar
@@ -560,6 +560,7 @@ def test_hover_shows_the_decoded_image_at_the_cursor(default_page: tuple) -> Non
         expected = _decode_reference(module, z).reshape(28, 28).numpy()
         assert np.abs(shown - expected).max() <= 0.5 / 255 + 1e-6  # one 8-bit rounding
         assert "z₁ =" in page.text("#cursor-z")
+        assert "; z = (" not in page.text("#cursor-z")  # a 2-D latent on its axes: said once
         assert "ms" in page.text("#decode-ms")
     assert not np.array_equal(before, page.canvas("#cursor-img"))
     # the cursor's z is the plane point under the mouse
