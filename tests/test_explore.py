@@ -886,3 +886,28 @@ def test_cli_missing_data_names_the_flag(
     assert err[0].startswith("error: ")
     assert "--data-root" in err[0]
     assert not out.exists()
+
+
+def test_at_800_px_the_decoded_image_stays_beside_the_plane_above_the_fold(
+    default_page: tuple,
+) -> None:
+    page, module, _, _ = default_page
+    try:
+        page.page.set_viewport_size({"width": 800, "height": 600})
+        plane, image = page.box("#plane"), page.box("#cursor-img")
+        assert plane["x"] + plane["width"] <= image["x"]  # beside, not below
+        assert image["x"] + image["width"] <= 800
+        assert image["y"] + image["height"] <= 600
+        assert plane["width"] == pytest.approx(plane["height"])  # the plane keeps its aspect
+        # the pointer is mapped through the displayed size: hover decodes the point under it
+        page.page.mouse.move(plane["x"] + 0.3 * plane["width"], plane["y"] + 0.4 * plane["height"])
+        u, v = page.js("explorer.cursor.uv")
+        px, py = page.js(f"explorer.toPx({u}, {v})")
+        assert abs(px / 600 - 0.3) < 2 / plane["width"]
+        assert abs(py / 600 - 0.4) < 2 / plane["width"]
+        z = torch.tensor([page.js("explorer.cursor.z")], dtype=torch.float32)
+        shown = _shown_image(page.canvas("#cursor-img"))
+        expected = _decode_reference(module, z).reshape(28, 28).numpy()
+        assert np.abs(shown - expected).max() <= 0.5 / 255 + 1e-6
+    finally:
+        page.page.set_viewport_size({"width": 1400, "height": 900})
