@@ -25,6 +25,8 @@ def _missing_extra(err: ModuleNotFoundError) -> None:
 try:
     import hydra
     from omegaconf import DictConfig
+
+    import vae.train.config  # noqa: F401 (stores the model/optim/eval defaults for Hydra; no torch)
 except ModuleNotFoundError as err:
     _missing_extra(err)
 

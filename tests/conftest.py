@@ -19,6 +19,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+import vae.train.config  # noqa: F401 (stores the model/optim/eval defaults that train.yaml lists first)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 

@@ -190,3 +190,160 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, mnist_root: Pat
     with contextlib.redirect_stdout(io.StringIO()):
         run_cli(cfg)
     return run_dir / "checkpoints" / "last.ckpt"
+
+
+# ---- crafted fields: the whole structure is checked against what train.py writes ---------------
+def _craft(raw: dict[str, Any], case: str) -> None:
+    """Change a real checkpoint ``raw`` in place as an attacker (or a broken tool) would."""
+    hp, weights = raw["hyper_parameters"], raw["state_dict"]
+    first = next(iter(weights))
+    if case == "instantiator":
+        hp["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    elif case == "datamodule_extra_key":
+        raw["datamodule_hyper_parameters"]["transform"] = "os.system"
+    elif case == "model_target":
+        hp["model"]["_target_"] = "os.system"
+    elif case == "bad_value":
+        hp["model"]["latent_dim"] = -1
+    elif case == "image_shape":
+        hp["image_shape"] = [1, 28]
+    elif case == "state_dict_list":
+        raw["state_dict"] = list(weights.values())
+    elif case == "missing_weight":
+        del weights["vae.decoder.net.6.bias"]
+    elif case == "extra_weight":
+        weights["vae.backdoor.weight"] = torch.zeros(3)
+    elif case == "wrong_shape":
+        weights[first] = weights[first][:-1]
+    elif case == "wrong_dtype":
+        weights[first] = weights[first].to(torch.int64)
+    elif case == "not_a_tensor":
+        weights[first] = 3
+    elif case == "latent_dim_disagrees":
+        hp["model"]["latent_dim"] = 4
+
+
+#: each crafted case → the end of its message (after "<file>: not a checkpoint train.py wrote: ")
+CRAFTED = {
+    "instantiator": "hyper_parameters._instantiator: no such key; the hyper_parameters keys are "
+    "evaluation, image_shape, model, optim",
+    "datamodule_extra_key": "datamodule_hyper_parameters.transform: no such key; the "
+    "datamodule_hyper_parameters keys are batch_size, binarize, dataset, device_resident, "
+    "download, eval_batch_size, num_workers, pin_memory, root, seed, val_size",
+    "model_target": "hyper_parameters.model._target_: no such key; the hyper_parameters.model "
+    "keys are activation, architecture, beta, channels, free_bits, gaussian_std, hidden_dims, "
+    "init_output_bias, kl_warmup_steps, latent_dim, learn_std, likelihood, logvar_bound, norm",
+    "bad_value": "hyper_parameters.model.latent_dim=-1: expected an integer ≥ 1",
+    "image_shape": "hyper_parameters.image_shape=[1, 28]: expected (channels, height, width), "
+    "three integers ≥ 1",
+    "state_dict_list": "state_dict: a list, not a mapping of names to tensors",
+    "missing_weight": "state_dict: no 'vae.decoder.net.6.bias', which the model its "
+    "hyper_parameters.model describes (latent_dim 2) needs",
+    "extra_weight": "state_dict['vae.backdoor.weight']: the model its hyper_parameters.model "
+    "describes (latent_dim 2) has no such weight",
+    "wrong_shape": "state_dict['vae.encoder.body.0.weight']: shape (511, 784), but the model its "
+    "hyper_parameters.model describes (latent_dim 2) needs (512, 784)",
+    "wrong_dtype": "state_dict['vae.encoder.body.0.weight']: dtype torch.int64, but the model its "
+    "hyper_parameters.model describes (latent_dim 2) needs torch.float32",
+    "not_a_tensor": "state_dict['vae.encoder.body.0.weight']: a int, not a tensor",
+    "latent_dim_disagrees": "state_dict['vae.encoder.head.proj.weight']: shape (4, 256), but the "
+    "model its hyper_parameters.model describes (latent_dim 4) needs (8, 256)",
+}
+
+
+def _crafted_message(path: Path, case: str) -> str:
+    return (
+        f"{path}: not a checkpoint train.py wrote: {CRAFTED[case]}; pass a checkpoint written by "
+        "train.py, such as logs/train/runs/<run>/checkpoints/last.ckpt"
+    )
+
+
+@pytest.fixture
+def crafted(trained_checkpoint: Path, tmp_path: Path) -> Any:
+    def make(case: str) -> Path:
+        raw = torch.load(trained_checkpoint, map_location="cpu", weights_only=True)
+        _craft(raw, case)
+        path = tmp_path / f"{case}.ckpt"
+        torch.save(raw, path)
+        return path
+
+    return make
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_a_crafted_field_is_refused_by_the_one_loader_and_each_command(
+    case: str, crafted: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vae.viz import explore, figures
+
+    path = crafted(case)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == _crafted_message(path, case)
+    with pytest.raises(CheckpointError):
+        VAEModule.load_from_checkpoint(path)
+    out = tmp_path / "out"
+    for main in (explore.main, figures.main):  # both command lines, in-process
+        assert main([str(path), "--out", str(out / "x.html" if main is explore.main else out)]) == 2
+        assert capsys.readouterr().err.splitlines() == [f"error: {_crafted_message(path, case)}"]
+    assert not out.exists()
+
+
+def test_crafted_checkpoints_through_the_real_command_lines(crafted: Any, tmp_path: Path) -> None:
+    """train.py (refused before Hydra makes the run directory), vae.visualize and vae.explore as
+    subprocesses: one line, exit 2, nothing written."""
+    path = crafted("instantiator")
+    proc = _run(
+        str(ROOT / "train.py"), f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}", cwd=ROOT
+    )
+    assert proc.returncode == 2, proc.stderr
+    label = f"ckpt_path={str(path)!r}"
+    assert proc.stderr.splitlines() == [
+        f"error: {_crafted_message(path, 'instantiator')}".replace(
+            f"error: {path}:", f"error: {label}:", 1
+        )
+    ]
+    assert not (tmp_path / "run").exists()
+    for case, module in (
+        ("latent_dim_disagrees", "vae.visualize"),
+        ("model_target", "vae.explore"),
+    ):
+        path = crafted(case)
+        out = tmp_path / ("figs" if module == "vae.visualize" else "page.html")
+        proc = _run("-m", module, str(path), "--out", str(out), cwd=ROOT)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines() == [f"error: {_crafted_message(path, case)}"]
+        assert not out.exists()
+
+
+def test_a_device_or_a_pipe_is_named_for_what_it_is(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"^/dev/null: a character device, not a file; "):
+        load_checkpoint("/dev/null")
+    fifo = tmp_path / "pipe.ckpt"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match=r": a named pipe, not a file; "):  # not opened
+        load_checkpoint(fifo)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        SMALL,
+        {"architecture": "conv", "latent_dim": 3, "channels": [4, 8], "hidden_dims": [16]},
+        {"likelihood": "gaussian", "learn_std": True, "norm": "none", "hidden_dims": [8, 8]},
+    ],
+)
+def test_the_loader_expects_exactly_the_weights_the_module_has(model: dict, tmp_path: Path) -> None:
+    """The loader derives the expected weights from the network alone (vae.* of build_vae): true
+    only while VAEModule keeps no other persistent state, which this checks."""
+    module = VAEModule(model=model)
+    path = tmp_path / "m.ckpt"
+    torch.save(
+        _plain_checkpoint()
+        | {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()},
+        path,
+    )
+    loaded = VAEModule.load_from_checkpoint(path)
+    assert loaded.state_dict().keys() == module.state_dict().keys()
+    for name, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name

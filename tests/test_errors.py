@@ -33,6 +33,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import lightning as L
 import pytest
@@ -57,6 +58,7 @@ from vae.train import data
 from vae.train.checkpointing import AtomicCheckpointIO, check_resumable, remove_stale_temp_files
 from vae.train.config import ConfigError
 from vae.train.diskspace import file_system, format_bytes
+from vae.train.guards import NonFiniteGuard
 from vae.train.module import VAEModule
 from vae.train.run import build_module, run_cli, train
 
@@ -704,19 +706,19 @@ NONFINITE = (f"optim.lr={ABSURD_LR}", "optim.scheduler=none", "test=false", "~ca
 
 @contextlib.contextmanager
 def recording_stops() -> Iterator[list[int]]:
-    """Patch ``VAEModule.check_finite`` to record the global step at which it stopped training."""
+    """Patch ``NonFiniteGuard.check`` to record the global step at which it stopped training."""
     stopped_at: list[int] = []
-    check = VAEModule.check_finite
+    check = NonFiniteGuard.check
 
-    def recording(self: VAEModule) -> None:
+    def recording(self: NonFiniteGuard, trainer: Any, module: VAEModule) -> None:
         try:
-            check(self)
+            check(self, trainer, module)
         except Exception:
-            stopped_at.append(self.global_step)
+            stopped_at.append(module.global_step)
             raise
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(VAEModule, "check_finite", recording)
+        mp.setattr(NonFiniteGuard, "check", recording)
         yield stopped_at
 
 

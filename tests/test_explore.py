@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
 import io
 import json
 import math
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
-import time
-import urllib.request
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -797,58 +799,121 @@ def test_callback_rewrites_only_the_numbers_while_the_weights_are_the_same(tmp_p
     assert third["model"] == explore.model_payload(module)
 
 
-def test_cli_writes_the_page_of_a_checkpoint_and_serves_it(tiny_run: tuple, tmp_path: Path) -> None:
-    run_dir, sums = tiny_run
-    out = tmp_path / "page.html"
-    env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
+def _explore_cli(sums: dict, *args: str) -> list[str]:
+    """``python -m vae.explore <args>`` with the fake data's checksums patched in (a subprocess)."""
     script = (
-        "import sys; from vae import data; data.SHA256['mnist'] = " + repr(sums) + "; "
+        "import sys; from vae.train import data; data.SHA256['mnist'] = " + repr(sums) + "; "
         "from vae.viz.explore import main; sys.exit(main(sys.argv[1:]))"
     )
+    return [sys.executable, "-c", script, *args]
+
+
+#: requests that must not reach anything but the page: its folder, its run's files, a listing,
+#: ``..`` in every spelling, an encoded name, a query (``//page.html`` is the page: Python's
+#: server collapses leading slashes)
+REFUSED_PATHS = (
+    "/",
+    "/config.yaml",
+    "/metrics.json",
+    "/checkpoints/last.ckpt",
+    "/checkpoints/",
+    "/../run/config.yaml",
+    "/%2e%2e/run/config.yaml",
+    "/..%2frun%2fconfig.yaml",
+    "/page%2ehtml",
+    "/page.html?x=1",
+    "//config.yaml",
+    "/page.html/",
+    "/victim.txt",
+)
+
+
+def _get(port: int, path: str, *, method: str = "GET") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path)  # sent as typed: http.client does not normalise the path
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_cli_writes_the_page_through_no_link_and_serves_only_the_page(
+    tiny_run: tuple, tmp_path: Path
+) -> None:
+    """A real subprocess: links planted at the temporary name the page used to be written to and
+    at the page's own name leave their targets untouched; ``--serve`` answers the page and 404
+    for everything else, and stops on SIGINT (bounded: killed after 60 s whatever happens)."""
+    run_dir, sums = tiny_run
+    out_dir = tmp_path / "site"
+    out_dir.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    (out_dir / ".page.html.tmp").symlink_to(victim)  # the name write_text used to follow
+    (out_dir / "page.html").symlink_to(victim)
+    (out_dir / "config.yaml").write_text("secret: 1\n")
+    out = out_dir / "page.html"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            script,
-            str(ckpt),
-            "--out",
-            str(out),
-            "--precision",
-            "float32",
-            "--serve",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    cmd = _explore_cli(sums, str(ckpt), "--out", str(out), "--precision", "float32", "--serve")
+    env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
     try:
         first = proc.stdout.readline()
-        assert first.startswith(str(out)), (
-            first + proc.stderr.read() if proc.poll() is not None else first
-        )
+        assert first.startswith(str(out)), first + (proc.stderr.read() if proc.poll() else "")
         served = proc.stdout.readline()
         assert served.startswith("serving http://127.0.0.1:"), served
-        url = served.split()[1]
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    body = r.read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        assert body == out.read_bytes()
+        assert served.split()[1].endswith("/page.html")
+        port = int(served.split()[1].split(":")[2].split("/")[0])
+        assert _get(port, "/page.html") == (200, out.read_bytes())
+        assert _get(port, "/page.html", method="HEAD")[0] == 200
+        for path in REFUSED_PATHS:
+            status, body = _get(port, path)
+            assert status == 404, path
+            assert b"secret" not in body
+            assert b"precious" not in body
+        assert _get(port, "/page.html", method="POST")[0] == 501
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=20)
+        watchdog.cancel()
+    assert rc == 0, proc.stderr.read()
+    assert victim.read_bytes() == b"precious\n"
+    assert (out_dir / ".page.html.tmp").readlink() == victim  # not ours: left alone
+    assert not out.is_symlink()
     p = _payload(out.read_text())
     assert p["model"]["weights"]["dtype"] == "float32"
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert dict(map(tuple, p["metrics"]))["test −ELBO"] == f"{metrics['test/loss']:.2f} nats"
+
+
+def test_cli_port_in_use_or_out_of_range_is_refused_before_the_page_is_written(
+    tiny_run: tuple, tmp_path: Path
+) -> None:
+    run_dir, sums = tiny_run
+    out = tmp_path / "page.html"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for bad in (str(port), "99999"):
+            cmd = _explore_cli(sums, str(run_dir), "--out", str(out), "--serve", "--port", bad)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2, proc.stderr
+            err = proc.stderr.strip().splitlines()
+            assert len(err) == 1, err
+            assert err[0].startswith(f"error: --host 127.0.0.1 --port {bad}: cannot listen there")
+            assert not out.exists()
+
+
+def test_serving_beyond_this_machine_is_warned_about(capsys: pytest.CaptureFixture[str]) -> None:
+    with explore.open_server(host="0.0.0.0", port=0):
+        pass
+    assert capsys.readouterr().err.startswith("warning: --host 0.0.0.0 is not a loopback address")
+    with explore.open_server(port=0):
+        pass
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("what", ["missing", "empty_dir", "not_a_checkpoint", "other_dict"])

@@ -11,6 +11,7 @@ from scipy import integrate, special, stats
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, MultivariateNormal
 
+from vae.core.config import ModelConfig
 from vae.core.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
@@ -18,7 +19,7 @@ from vae.core.likelihoods import (
     GaussianLikelihood,
     build_likelihood,
 )
-from vae.core.networks import build_vae, soft_clamp
+from vae.core.networks import VAE, build_vae, soft_clamp
 from vae.kl import gaussian_kl
 from vae.train.module import VAEModule
 
@@ -44,7 +45,8 @@ OPTIM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "non
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 14, 10), (3, 9, 9)])
 def test_networks_map_images_to_latents_and_back(architecture: str, shape: tuple) -> None:
     torch.manual_seed(0)
-    vae = build_vae(image_shape=shape, architecture=architecture, latent_dim=3, hidden_dims=[16])
+    config = ModelConfig(architecture=architecture, latent_dim=3, hidden_dims=[16])
+    vae = build_vae(config=config, image_shape=shape)
     x = torch.rand(4, *shape)
     mu, logvar = vae.encode(x)
     assert mu.shape == logvar.shape == (4, 3)
@@ -52,7 +54,9 @@ def test_networks_map_images_to_latents_and_back(architecture: str, shape: tuple
 
 
 def test_sizes_come_from_the_config() -> None:
-    vae = build_vae(image_shape=(1, 28, 28), latent_dim=5, hidden_dims=[300, 100])
+    vae = build_vae(
+        config=ModelConfig(latent_dim=5, hidden_dims=[300, 100]), image_shape=(1, 28, 28)
+    )
     linears = [m for m in vae.modules() if isinstance(m, nn.Linear)]
     shapes = [(m.in_features, m.out_features) for m in linears]
     assert shapes == [(784, 300), (300, 100), (100, 10), (5, 100), (100, 300), (300, 784)]
@@ -60,9 +64,11 @@ def test_sizes_come_from_the_config() -> None:
 
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
 def test_layer_norm_sits_before_every_hidden_activation(architecture: str) -> None:
-    kw = {"image_shape": (1, 28, 28), "architecture": architecture, "hidden_dims": [48, 24]}
-    plain = build_vae(**kw, norm="none")
-    normed = build_vae(**kw, norm="layer")
+    def build(norm: str) -> VAE:
+        config = ModelConfig(architecture=architecture, hidden_dims=[48, 24], norm=norm)
+        return build_vae(config=config, image_shape=(1, 28, 28))
+
+    plain, normed = build("none"), build("layer")
     assert not any(isinstance(m, nn.LayerNorm) for m in plain.modules())
     block = [nn.Linear, nn.LayerNorm, nn.ReLU]
     assert [type(m) for m in normed.encoder.body] == block * 2
@@ -76,7 +82,7 @@ def test_layer_norm_sits_before_every_hidden_activation(architecture: str) -> No
     x = torch.rand(5, 1, 28, 28)
     torch.testing.assert_close(normed.encode(x)[0][:2], normed.encode(x[:2])[0])
     with pytest.raises(ValueError, match=r"model\.norm='batch' is not one of"):
-        build_vae(**kw, norm="batch")
+        build("batch")
 
 
 def cb_mean(lam: Tensor) -> Tensor:
@@ -89,7 +95,7 @@ def cb_mean(lam: Tensor) -> Tensor:
 def test_output_for_mean_inverts_the_likelihood_mean(name: str) -> None:
     low = 0.05 if name == "continuous_bernoulli" else 1e-3  # CB reaches 0.03 at logit −50
     m = torch.cat([torch.linspace(low, 0.45, 40), torch.linspace(0.55, 1 - low, 40)]).double()
-    out = build_likelihood(name).output_for_mean(m)
+    out = build_likelihood(name, gaussian_std=1.0, learn_std=False).output_for_mean(m)
     if name == "bernoulli":
         expected_mean = torch.sigmoid(out)
         np.testing.assert_allclose(out.numpy(), special.logit(m.numpy()), rtol=1e-12)
@@ -107,7 +113,8 @@ def test_init_output_bias_starts_the_decoder_at_the_mean_image(
 ) -> None:
     torch.manual_seed(0)
     shape = (1, 12, 12)
-    vae = build_vae(image_shape=shape, architecture=architecture, hidden_dims=[16], likelihood=name)
+    config = ModelConfig(architecture=architecture, hidden_dims=[16], likelihood=name)
+    vae = build_vae(config=config, image_shape=shape)
     pixel_mean = torch.rand(shape, dtype=torch.float64) * 0.9 + 0.05
     if name != "continuous_bernoulli":  # (whose mean reaches only [0.03, 0.97], see its docstring)
         pixel_mean[0, 0, :3] = torch.tensor([0.0, 1.0, 0.5])  # never on, always on: clipped
@@ -181,7 +188,7 @@ def test_gaussian_nll_matches_scipy() -> None:
 
 def test_unknown_likelihood_names_the_key_and_the_options() -> None:
     with pytest.raises(ValueError, match=r"model\.likelihood='poisson' is not one of bernoulli"):
-        build_likelihood("poisson")
+        build_likelihood("poisson", gaussian_std=1.0, learn_std=False)
 
 
 def _module(**model_overrides) -> VAEModule:

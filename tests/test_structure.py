@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_config
+from conftest import CONFIG_DIR, ROOT, compose_config
 from omegaconf import OmegaConf
 
 from vae.core import config as hparams
+from vae.core.likelihoods import build_likelihood
 from vae.core.networks import build_vae
 from vae.core.seeding import derive_seed
 from vae.errors import ConfigError
@@ -137,12 +138,48 @@ def test_a_module_built_in_python_is_the_module_train_py_builds(tmp_path: Path) 
     assert (from_python.iw_samples, from_python.iw_chunk) == (100, 10)  # the YAML's, not 1 / 16
 
 
+def _yaml_section_values(section: str) -> list[tuple[str, str, object]]:
+    """``(file, key, value)`` of every ``<section>.*`` value written in configs/: in the
+    section's group files, and under ``<section>:`` in train.yaml and the experiment files."""
+    found = []
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        group = path.parent.name
+        body = (
+            node
+            if group == section
+            else node.get(section)
+            if group in ("configs", "experiment")
+            else None
+        )
+        for key, value in (body or {}).items():
+            if key != "defaults":
+                found.append((str(path.relative_to(ROOT)), key, value))
+    return found
+
+
 @pytest.mark.parametrize(("section", "cls"), list(hparams.SECTIONS.items()))
-def test_the_yaml_defaults_are_the_dataclass_defaults(
+def test_each_default_is_written_once_in_its_dataclass(
     section: str, cls: type, tmp_path: Path
 ) -> None:
+    """The dataclass is the one place a ``model`` / ``optim`` / ``eval`` default is written: the
+    composed config has its defaults (through the ConfigStore), and no YAML file repeats one."""
+    defaults = hparams.as_dict(cls())
     cfg = compose_config(output_dir=tmp_path)
-    assert OmegaConf.to_container(cfg[section], resolve=True) == hparams.as_dict(cls())
+    assert OmegaConf.to_container(cfg[section], resolve=True) == defaults
+    copies = [
+        f"{file}: {section}.{key}={value}"
+        for file, key, value in _yaml_section_values(section)
+        if key in defaults and value == defaults[key]
+    ]
+    assert copies == []
+
+
+def test_the_builders_take_no_default_of_their_own() -> None:
+    """The network and likelihood builders read the config: no keyword default to keep in sync."""
+    for builder in (build_vae, build_likelihood):
+        params = inspect.signature(builder).parameters.values()
+        assert [p.name for p in params if p.default is not p.empty] == [], builder.__name__
 
 
 def test_every_model_field_has_a_rule_and_network_keys_derive_from_them() -> None:
@@ -168,18 +205,6 @@ def test_the_data_module_defaults_are_the_yaml_values() -> None:
     params = inspect.signature(MNISTDataModule.__init__).parameters
     defaults = {k: p.default for k, p in params.items() if k not in ("self", "root")}
     assert {k: yaml[k] for k in defaults} == defaults
-
-
-def test_the_network_builder_defaults_are_the_model_config_defaults() -> None:
-    """``build_vae`` cannot import :mod:`vae.core.config` (which imports the option lists from
-    :mod:`vae.core.networks`), so its keyword defaults are a second copy: this keeps them equal."""
-    params = inspect.signature(build_vae).parameters
-    config = hparams.as_dict(hparams.ModelConfig())
-    defaults = {k: p.default for k, p in params.items() if k != "image_shape"}
-    assert set(defaults) == set(hparams.NETWORK_KEYS)
-    assert {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()} == {
-        k: config[k] for k in defaults
-    }
 
 
 def _sha256_seed(text: str) -> int:

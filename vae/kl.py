@@ -118,7 +118,8 @@ def _compute_dtypes(*tensors: Tensor | None) -> tuple[torch.dtype, torch.dtype]:
 
 
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``t`` in ``dtype``; without a call into torch when it already is (``.to`` costs ~1.5 µs)."""
+    """``t`` in ``dtype``; without a call into torch when it already is (``.to``'s cost:
+    benchmarks/README.md)."""
     return t if t.dtype == dtype else t.to(dtype)
 
 
@@ -383,18 +384,48 @@ def mvn_kl(
         validate: check that the diagonals are nonzero (one host sync); pass False to skip it,
             e.g. under ``torch.compile(fullgraph=True)`` or ``torch.func.vmap`` (keyword-only).
 
-    Returns:
-        Tensor of the broadcast batch shape (everything but the event dimension k). Nats, in
-        the inputs' promoted dtype.
-
-    Raises:
-        TypeError: an argument is not a floating-point tensor.
-        ValueError: a scale matrix is not square k × k, the batch shapes do not broadcast, or
-            (when ``validate``) a scale matrix has a zero on its diagonal.
+    Returns the broadcast batch shape (all but the event dimension k), in nats, in the inputs'
+    promoted dtype. Raises ``TypeError`` for an argument that is not a floating-point tensor,
+    ``ValueError`` for a scale matrix that is not k × k, batch shapes that do not broadcast, or
+    (when ``validate``) a zero on a scale matrix's diagonal.
     """
     mu, scale_tril, prior_mu, prior_scale_tril = _mvn_args(
         mu, scale_tril, prior_mu, prior_scale_tril
     )
+    batch = _mvn_batch_shape(mu, scale_tril, prior_mu, prior_scale_tril, validate=validate)
+    k = mu.shape[-1]
+    dtype, compute = _compute_dtypes(mu, scale_tril, prior_mu, prior_scale_tril)
+    L = _as(scale_tril, compute).tril()
+    diff = _as(mu, compute) if prior_mu is None else _as(mu, compute) - _as(prior_mu, compute)
+    # ln det Σ = ln det(L Lᵀ) = 2 Σ ln |L_ii|
+    logdet = 2.0 * L.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
+    if prior_scale_tril is None:
+        # Prior N(μ₀, I) (μ₀ = 0 if None): ½ (tr Σ + ‖μ − μ₀‖² − k − ln det Σ), tr(L Lᵀ) = ‖L‖²_F.
+        kl = 0.5 * (L.square().sum((-2, -1)) + diff.square().sum(-1) - k - logdet)
+        return _as(kl, dtype)
+    L0 = _as(prior_scale_tril, compute).tril()
+    L0b = L0.expand(*batch, k, k)
+    # tr(Σ₀⁻¹Σ) = tr(L₀⁻ᵀ L₀⁻¹ L Lᵀ) = ‖L₀⁻¹ L‖²_F, with M = L₀⁻¹L from a triangular solve.
+    M = torch.linalg.solve_triangular(L0b, L.expand(*batch, k, k), upper=False)
+    trace = M.square().sum((-2, -1))
+    # (μ − μ₀)ᵀ Σ₀⁻¹ (μ − μ₀) = ‖L₀⁻¹ (μ − μ₀)‖²
+    v = torch.linalg.solve_triangular(L0b, diff.expand(*batch, k).unsqueeze(-1), upper=False)
+    maha = v.squeeze(-1).square().sum(-1)
+    prior_logdet = 2.0 * L0.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
+    # Rasmussen & Williams (2006), GPML, appendix A.5 (KL between two multivariate Gaussians).
+    return _as(0.5 * (trace + maha - k + prior_logdet - logdet), dtype)
+
+
+def _mvn_batch_shape(
+    mu: Tensor,
+    scale_tril: Tensor,
+    prior_mu: Tensor | None,
+    prior_scale_tril: Tensor | None,
+    *,
+    validate: bool,
+) -> torch.Size:
+    """The broadcast batch shape of :func:`mvn_kl`'s arguments, after checking their dtypes and
+    shapes (and, when ``validate``, the scale matrices' diagonals); its errors are mvn_kl's."""
     _check_float("mu", mu)
     _check_float("scale_tril", scale_tril)
     if mu.dim() < 1:
@@ -424,27 +455,7 @@ def mvn_kl(
         _check_no_nan({"mu": mu, **named, "prior_mu": prior_mu})
         for name, t in named.items():
             _check_nonzero_diagonal(name, t)
-
-    dtype, compute = _compute_dtypes(mu, scale_tril, prior_mu, prior_scale_tril)
-    L = _as(scale_tril, compute).tril()
-    diff = _as(mu, compute) if prior_mu is None else _as(mu, compute) - _as(prior_mu, compute)
-    # ln det Σ = ln det(L Lᵀ) = 2 Σ ln |L_ii|
-    logdet = 2.0 * L.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
-    if prior_scale_tril is None:
-        # Prior N(μ₀, I) (μ₀ = 0 if None): ½ (tr Σ + ‖μ − μ₀‖² − k − ln det Σ), tr(L Lᵀ) = ‖L‖²_F.
-        kl = 0.5 * (L.square().sum((-2, -1)) + diff.square().sum(-1) - k - logdet)
-        return _as(kl, dtype)
-    L0 = _as(prior_scale_tril, compute).tril()
-    L0b = L0.expand(*batch, k, k)
-    # tr(Σ₀⁻¹Σ) = tr(L₀⁻ᵀ L₀⁻¹ L Lᵀ) = ‖L₀⁻¹ L‖²_F, with M = L₀⁻¹L from a triangular solve.
-    M = torch.linalg.solve_triangular(L0b, L.expand(*batch, k, k), upper=False)
-    trace = M.square().sum((-2, -1))
-    # (μ − μ₀)ᵀ Σ₀⁻¹ (μ − μ₀) = ‖L₀⁻¹ (μ − μ₀)‖²
-    v = torch.linalg.solve_triangular(L0b, diff.expand(*batch, k).unsqueeze(-1), upper=False)
-    maha = v.squeeze(-1).square().sum(-1)
-    prior_logdet = 2.0 * L0.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
-    # Rasmussen & Williams (2006), GPML, appendix A.5 (KL between two multivariate Gaussians).
-    return _as(0.5 * (trace + maha - k + prior_logdet - logdet), dtype)
+    return batch
 
 
 def _mvn_args(

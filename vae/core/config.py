@@ -1,10 +1,11 @@
 """The typed hyper-parameters of a model: :class:`ModelConfig`, :class:`OptimConfig`, :class:`EvalConfig`.
 
 Each field is declared once, with its default and its rule (the values allowed), as nanoGPT's
-``GPTConfig``. The ``model`` / ``optim`` / ``eval`` sections of ``configs/`` list the same defaults
-for the command line (``tests/test_structure.py`` fails if they differ); :class:`vae.train.module.VAEModule`
-takes these or plain mappings and stores them in the checkpoint as dicts; :mod:`vae.train.config`
-checks the composed config with the same rules.
+``GPTConfig``, and so is each option list (the networks and likelihoods read theirs from here). The
+command line gets these defaults through Hydra's ConfigStore (:func:`vae.train.config.register_defaults`):
+``configs/`` lists only what differs. :class:`vae.train.module.VAEModule` takes these or plain
+mappings and stores them in the checkpoint as dicts; :mod:`vae.train.config` checks the composed
+config with the same rules. Pure Python: importing it loads no torch.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from vae.core.likelihoods import LIKELIHOODS
-from vae.core.networks import ACTIVATIONS, ARCHITECTURES, NORMS
 from vae.rules import (
     Rule,
     boolean,
@@ -29,6 +28,20 @@ from vae.rules import (
 )
 
 C = TypeVar("C")
+
+ARCHITECTURES = ("mlp", "conv")
+#: normalisation of the MLP hidden layers (``model.norm``)
+NORMS = ("none", "layer")
+#: ``model.activation`` → the ``torch.nn`` class it names
+ACTIVATIONS = {
+    "relu": "ReLU",
+    "gelu": "GELU",
+    "silu": "SiLU",
+    "elu": "ELU",
+    "tanh": "Tanh",
+    "leaky_relu": "LeakyReLU",
+}
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 
 
 def _field(default: Any, rule: Rule, *, network: bool = False) -> Any:

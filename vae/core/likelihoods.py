@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import ContinuousBernoulli
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+from vae.core.config import LIKELIHOODS
 
 
 def _sum_pixels(t: Tensor) -> Tensor:
@@ -98,7 +98,7 @@ class GaussianLikelihood(nn.Module):
         return m.clone()  # the decoder outputs the mean itself
 
 
-def build_likelihood(name: str, *, gaussian_std: float = 1.0, learn_std: bool = False) -> nn.Module:
+def build_likelihood(name: str, *, gaussian_std: float, learn_std: bool) -> nn.Module:
     """The likelihood called ``name`` (one of :data:`LIKELIHOODS`)."""
     if name == "bernoulli":
         return BernoulliLikelihood()

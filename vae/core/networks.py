@@ -13,18 +13,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from vae.core import config
+from vae.core.config import ARCHITECTURES, NORMS, ModelConfig
 from vae.core.likelihoods import build_likelihood
 
-ARCHITECTURES = ("mlp", "conv")
-#: normalisation of the MLP hidden layers (``model.norm``)
-NORMS = ("none", "layer")
+#: ``model.activation`` → its module class (the names: :data:`vae.core.config.ACTIVATIONS`)
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "elu": nn.ELU,
-    "tanh": nn.Tanh,
-    "leaky_relu": nn.LeakyReLU,
+    name: getattr(nn, cls) for name, cls in config.ACTIVATIONS.items()
 }
 
 
@@ -242,35 +237,27 @@ class VAE(nn.Module):
         return mu + std * eps
 
 
-def build_vae(
-    *,
-    image_shape: Sequence[int],
-    architecture: str = "mlp",
-    latent_dim: int = 2,
-    hidden_dims: Sequence[int] = (512, 256),
-    channels: Sequence[int] = (32, 64),
-    activation: str = "relu",
-    norm: str = "layer",
-    logvar_bound: float = 10.0,
-    likelihood: str = "bernoulli",
-    gaussian_std: float = 1.0,
-    learn_std: bool = False,
-) -> VAE:
-    """Build the :class:`VAE` described by the ``model`` config (see ``configs/model/``)."""
+def build_vae(*, config: ModelConfig, image_shape: Sequence[int]) -> VAE:
+    """Build the :class:`VAE` that ``config``'s network keys describe, for images ``(C, H, W)``."""
     common = {
         "image_shape": tuple(image_shape),
-        "hidden_dims": list(hidden_dims),
-        "latent_dim": latent_dim,
-        "activation": activation,
-        "norm": norm,
+        "hidden_dims": list(config.hidden_dims),
+        "latent_dim": config.latent_dim,
+        "activation": config.activation,
+        "norm": config.norm,
     }
-    if architecture == "mlp":
-        encoder = MLPEncoder(**common, logvar_bound=logvar_bound)
+    bound, channels = config.logvar_bound, list(config.channels)
+    if config.architecture == "mlp":
+        encoder = MLPEncoder(**common, logvar_bound=bound)
         decoder = MLPDecoder(**common)
-    elif architecture == "conv":
-        encoder = ConvEncoder(**common, channels=list(channels), logvar_bound=logvar_bound)
-        decoder = ConvDecoder(**common, channels=list(channels))
+    elif config.architecture == "conv":
+        encoder = ConvEncoder(**common, channels=channels, logvar_bound=bound)
+        decoder = ConvDecoder(**common, channels=channels)
     else:
-        raise ValueError(f"model.architecture={architecture!r} is not one of {ARCHITECTURES}")
-    lik = build_likelihood(likelihood, gaussian_std=gaussian_std, learn_std=learn_std)
+        raise ValueError(
+            f"model.architecture={config.architecture!r} is not one of {ARCHITECTURES}"
+        )
+    lik = build_likelihood(
+        config.likelihood, gaussian_std=config.gaussian_std, learn_std=config.learn_std
+    )
     return VAE(encoder=encoder, decoder=decoder, likelihood=lik)

@@ -14,6 +14,8 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
+from vae.train.files import append_line
+
 
 class EpochTimer(L.Callback):
     """Wall time and throughput of the training part of each epoch (validation excluded).
@@ -56,8 +58,7 @@ class EpochTimer(L.Callback):
             )
         if self.path:
             record = {"epoch": trainer.current_epoch, "seconds": seconds, "images": self._images}
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.path, json.dumps(record))
 
 
 class RoundedProgressBar(TQDMProgressBar):

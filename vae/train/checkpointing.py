@@ -5,9 +5,14 @@
   and the command lines): ``torch.load(weights_only=True)``, so a file that holds Python objects is
   refused before anything in it runs, and a file that is not a checkpoint of this model is a
   :class:`~vae.errors.CheckpointError`, one line naming the file, the problem and the fix.
-- :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file in the same folder, fsyncs it
-  and renames it over the target (``os.replace`` is atomic on POSIX), so a ``kill -9`` during a save
-  leaves the previous checkpoint intact, never a truncated one. A full disk is a
+- :func:`load_checkpoint` also checks the whole structure against what train.py writes (the
+  hyper-parameters' keys and values, the data module's keys, the weights' names, shapes and dtypes
+  against the network the stored config builds), so a crafted or mismatched field is one line,
+  never a constructor's or ``load_state_dict``'s traceback.
+- :class:`AtomicCheckpointIO` writes each checkpoint with the one writer,
+  :func:`vae.train.files.write_atomic` (an exclusive temporary file in the same folder, fsync,
+  ``os.replace``), so a ``kill -9`` during a save leaves the previous checkpoint intact, never a
+  truncated one. A full disk is a
   :class:`~vae.errors.DiskFullError` (one line: the file, its file system, the space needed and
   free), with the temporary file removed. :func:`remove_stale_temp_files` deletes the temporary
   files a killed save left behind (call it at the start of a run, once the run is the only writer).
@@ -26,7 +31,7 @@ import os
 import pickle
 import random
 import re
-import tempfile
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,10 +40,12 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vae.core.config import NETWORK_KEYS
+from vae.core.config import NETWORK_KEYS, EvalConfig, ModelConfig, OptimConfig, coerce
+from vae.core.networks import build_vae
 from vae.errors import CheckpointError, ConfigError
-from vae.rules import plain
-from vae.train.diskspace import disk_full_error, is_disk_full
+from vae.rules import check, int_list, plain, refuse_unknown
+from vae.train.data import DATA_RULES
+from vae.train.files import TEMP_FILE, write_atomic
 
 #: how to fix a checkpoint that cannot be used (the end of each message)
 CKPT_HINT = (
@@ -47,9 +54,10 @@ CKPT_HINT = (
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6
 #: data-module arguments a resumed run must share with its checkpoint: they define the split
 SPLIT_KEYS = ("dataset", "seed", "val_size")
-#: the temporary files AtomicCheckpointIO writes: ``.<name>.<random>.tmp`` (tempfile.mkstemp's
-#: random part is 8 characters of ``[a-z0-9_]``), e.g. ``.last.ckpt.k2j4_x9q.tmp``
-_TEMP_FILE = re.compile(r"\..+\.ckpt\.[a-z0-9_]{8}\.tmp")
+#: the sections of ``hyper_parameters`` (VAEModule's arguments) → their typed definitions; the
+#: fourth argument is ``image_shape``, (1, 28, 28) when absent
+_HPARAM_SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "evaluation": EvalConfig}
+_IMAGE_SHAPE = (1, 28, 28)
 #: the end of check_resumable's message for a mismatch in each section: why it matters, the fix
 _RESUME_FIX = {
     "model": "; resume with the same model settings (the run's config.yaml has them)",
@@ -73,8 +81,8 @@ def load_checkpoint(
     """
     path = Path(path)
     label = name or str(path)
-    if not path.is_file():
-        what = "a directory, not a file" if path.is_dir() else "no such file"
+    what = _not_a_file(path)
+    if what is not None:
         raise CheckpointError(f"{label}: {what}; {CKPT_HINT}")
     try:
         with path.open("rb") as f:
@@ -107,11 +115,107 @@ def load_checkpoint(
         raise CheckpointError(
             f"{label}: not a checkpoint of vae.train.module.VAEModule ({_describe(ckpt)}); {CKPT_HINT}"
         )
+    try:
+        _check_fields(ckpt)
+        _check_weights(ckpt)
+    except ConfigError as err:
+        raise CheckpointError(
+            f"{label}: not a checkpoint train.py wrote: {err}; {CKPT_HINT}"
+        ) from None
     return ckpt
 
 
+def _not_a_file(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file (None when it is one): a FIFO or a device
+    would block or stream forever, so only a regular file is opened."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as err:
+        return f"cannot read ({err.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((f"{text}, not a file" for test, text in kinds if test(mode)), "not a regular file")
+
+
+def _check_fields(ckpt: Mapping[str, Any]) -> None:
+    """The hyper-parameters as train.py writes them: the sections of :class:`VAEModule`'s
+    arguments, each key known and its value allowed by its rule, and the data module's arguments
+    likewise; anything else is a :class:`ConfigError` naming the field. Why: Lightning passes
+    these to constructors (``_instantiator`` would pick the class, an extra data key becomes a
+    ``TypeError``), and a refused value reads like a command-line mistake unless named here."""
+    hparams = ckpt["hyper_parameters"]
+    refuse_unknown("hyper_parameters.", hparams, [*_HPARAM_SECTIONS, "image_shape"])
+    for key, cls in _HPARAM_SECTIONS.items():
+        section = hparams.get(key)
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError(f"hyper_parameters.{key}: a {type(section).__name__}, not a mapping")
+        coerce(cls, section, section=f"hyper_parameters.{key}")
+    shape = hparams.get("image_shape")  # train.py always writes it
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and int_list()[0](shape)):
+        raise ConfigError(
+            f"hyper_parameters.image_shape={plain(shape)!r}: expected (channels, height, width), "
+            "three integers ≥ 1"
+        )
+    data = ckpt.get("datamodule_hyper_parameters")
+    if data is None:
+        return
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"datamodule_hyper_parameters: a {type(data).__name__}, not a mapping")
+    refuse_unknown("datamodule_hyper_parameters.", data, DATA_RULES)
+    for key, value in data.items():
+        check(f"datamodule_hyper_parameters.{key}", value, DATA_RULES[key])
+
+
+def _check_weights(ckpt: Mapping[str, Any]) -> None:
+    """``state_dict``: a mapping of names to tensors with exactly the names, shapes and kinds of
+    dtype of the model that the stored config builds (built on the meta device: no memory, so a
+    config asking for a huge network costs nothing); a :class:`ConfigError` for the first
+    mismatch, instead of ``load_state_dict``'s traceback."""
+    weights = ckpt["state_dict"]
+    if not isinstance(weights, Mapping):
+        raise ConfigError(
+            f"state_dict: a {type(weights).__name__}, not a mapping of names to tensors"
+        )
+    hparams = ckpt["hyper_parameters"]
+    model = coerce(ModelConfig, hparams["model"], section="hyper_parameters.model")
+    with torch.device("meta"):
+        vae = build_vae(config=model, image_shape=tuple(hparams["image_shape"]))
+    # VAEModule's weights are its network's, under "vae." (its metrics keep no persistent state;
+    # tests/test_checkpoint_safety.py checks that this stays so)
+    expected = {f"vae.{k}": v for k, v in vae.state_dict().items()}
+    network = f"the model its hyper_parameters.model describes (latent_dim {model.latent_dim})"
+    for key, value in weights.items():
+        if key not in expected:
+            raise ConfigError(f"state_dict[{key!r}]: {network} has no such weight")
+        if not isinstance(value, torch.Tensor):
+            raise ConfigError(f"state_dict[{key!r}]: a {type(value).__name__}, not a tensor")
+        want = expected[key]
+        if tuple(value.shape) != tuple(want.shape):
+            raise ConfigError(
+                f"state_dict[{key!r}]: shape {tuple(value.shape)}, but {network} needs "
+                f"{tuple(want.shape)}"
+            )
+        if value.is_floating_point() != want.is_floating_point() or value.is_complex():
+            raise ConfigError(
+                f"state_dict[{key!r}]: dtype {value.dtype}, but {network} needs {want.dtype}"
+            )
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(f"state_dict: no {missing[0]!r}{more}, which {network} needs")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves via a sibling temp file, ``fsync`` and ``os.replace``; loads with :func:`load_checkpoint`.
+    """Saves with :func:`~vae.train.files.write_atomic`; loads with :func:`load_checkpoint`.
 
     Why not Lightning's default: it stages the file in the system temp dir and moves it (a copy
     across file systems) without fsync, and it unpickles arbitrary objects unless told not to.
@@ -131,34 +235,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # "RuntimeError: unexpected pos", whereas plain writes keep the OSError and its errno
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        data, target = buffer.getbuffer(), Path(path)
-        tmp: str | None = None
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            try:
-                view = data
-                while view:
-                    view = view[os.write(fd, view) :]  # a write may be partial
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException as err:
-            if tmp is not None:  # removed before the free space is measured
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            if not is_disk_full(err):
-                raise
-            raise disk_full_error(
-                target,
-                reason=err.strerror,
-                what="the checkpoint",
-                needed=len(data),
-                kept=f"the checkpoints already in {target.parent} are intact (the partial file was "
-                "removed)",
-                fix="or write the run elsewhere with paths.log_dir=<dir>",
-            ) from None
+        target = Path(path)
+        write_atomic(
+            target,
+            buffer.getbuffer(),
+            what="the checkpoint",
+            kept=f"the checkpoints already in {target.parent} are intact (the partial file was "
+            "removed)",
+            fix="or write the run elsewhere with paths.log_dir=<dir>",
+        )
 
     def load_checkpoint(
         self,
@@ -183,7 +268,9 @@ def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
         return []
     removed = []
     for entry in sorted(directory.iterdir()):
-        if _TEMP_FILE.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+        found = TEMP_FILE.fullmatch(entry.name)
+        ours = found is not None and found["name"].endswith(".ckpt")
+        if ours and entry.is_file() and not entry.is_symlink():
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
                 removed.append(entry)

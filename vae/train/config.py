@@ -18,6 +18,7 @@ import dataclasses
 import inspect
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -37,7 +38,22 @@ from vae.rules import (
     refuse_unknown,
 )
 
-__all__ = ["RULES", "ConfigError", "UserError", "validate_config"]
+__all__ = ["DEFAULTS", "RULES", "ConfigError", "UserError", "register_defaults", "validate_config"]
+
+#: the name under which Hydra finds the dataclasses' defaults (first in configs/train.yaml's list)
+DEFAULTS = "vae_defaults"
+
+
+def register_defaults() -> None:
+    """Store the ``model`` / ``optim`` / ``eval`` defaults of :mod:`vae.core.config` in Hydra's
+    ConfigStore as :data:`DEFAULTS`, the first entry of ``configs/train.yaml``'s defaults list, so
+    the YAML lists only what differs. Plain (untyped) nodes: a wrong value reaches
+    :func:`validate_config`'s one line, not an OmegaConf type error. Runs on import."""
+    node = {section: hparams.as_dict(cls()) for section, cls in hparams.SECTIONS.items()}
+    ConfigStore.instance().store(name=DEFAULTS, node=node)
+
+
+register_defaults()
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = (

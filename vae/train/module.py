@@ -17,7 +17,6 @@ Logged, per stage ``train/``, ``val/``, ``test/``:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,107 +25,28 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torchmetrics import MeanMetric, Metric, SumMetric
 
 from vae.core import objective
 from vae.core.config import NETWORK_KEYS, EvalConfig, ModelConfig, OptimConfig, as_dict, coerce
 from vae.core.networks import VAE, build_vae
 from vae.core.objective import EVAL_NOISE_BLOCK, IW_NOISE_BLOCK
-from vae.errors import ConfigError, NonFiniteLossError
+from vae.errors import NonFiniteLossError
 from vae.kl import GaussianKLLoss
 from vae.train.checkpointing import load_checkpoint, rng_states, set_rng_states
+from vae.train.guards import NonFiniteGuard, ResumeGuard
+from vae.train.metrics import TRAIN_TERMS, EvalMetrics, TrainTerms
 
 __all__ = ["EVAL_NOISE_BLOCK", "IW_NOISE_BLOCK", "NETWORK_KEYS", "NonFiniteLossError", "VAEModule"]
-
-ACTIVE_UNIT_THRESHOLD = 0.01
-TRAIN_TERMS = ("loss", "recon", "kl", "objective")
-EVAL_TERMS = ("loss", "recon", "kl")
-
-
-class TrainTerms:
-    """Batch means of the training terms (:data:`TRAIN_TERMS`), summed on the device.
-
-    ``add`` costs one in-place addition (into the window's and the epoch's sums) and a few
-    element-wise ops, never a host sync. It also remembers the first step at which a term was
-    non-finite and which terms were. ``read("window")`` / ``read("epoch")`` return the
-    image-weighted means since that span's last read (one sync).
-    """
-
-    SPANS = ("window", "epoch")
-
-    def __init__(self) -> None:
-        self.sums = self.bad_step = self.bad_terms = None  # sums: (len(SPANS), len(TRAIN_TERMS))
-        self.counts = [0] * len(self.SPANS)
-
-    def add(self, terms: Tensor, *, n: int, step: int) -> None:
-        if self.sums is None or self.sums.device != terms.device:
-            self.sums = terms.new_zeros((len(self.SPANS), *terms.shape))
-            self.bad_step = torch.full((), -1, dtype=torch.long, device=terms.device)
-            self.bad_terms = torch.zeros(terms.shape, dtype=torch.bool, device=terms.device)
-        self.sums += terms * n
-        self.counts = [c + n for c in self.counts]
-        non_finite = ~torch.isfinite(terms)
-        first = non_finite.any() & (self.bad_step < 0)
-        self.bad_step = torch.where(first, step, self.bad_step)
-        self.bad_terms = torch.where(first, non_finite, self.bad_terms)
-
-    def read(self, span: str) -> list[float]:
-        if self.sums is None:
-            return [math.nan] * len(TRAIN_TERMS)
-        row = self.SPANS.index(span)
-        means = (self.sums[row] / max(self.counts[row], 1)).tolist()
-        self.sums[row].zero_()
-        self.counts[row] = 0
-        return means
-
-    def first_non_finite(self) -> tuple[int, list[str]] | None:
-        """(step, names of the non-finite terms) of the first bad step, or None."""
-        if self.bad_step is None or int(self.bad_step) < 0:
-            return None
-        flags = dict(zip(TRAIN_TERMS, self.bad_terms.tolist(), strict=True))
-        # recon or kl is the cause when one of them is; otherwise the objective (e.g. β · inf)
-        names = [k for k in ("recon", "kl") if flags[k]] or ["objective"]
-        return int(self.bad_step), names
-
-
-class ColumnMoments(Metric):
-    """Running per-column mean and variance of a ``(B, d)`` stream, exact under DDP (sums are reduced)."""
-
-    full_state_update = False
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.add_state("total", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total_sq", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, values: Tensor) -> None:
-        v = values.detach().to(torch.float64)  # float64 keeps E[v²] − E[v]² accurate
-        self.total += v.sum(dim=0)
-        self.total_sq += v.square().sum(dim=0)
-        self.count += v.shape[0]
-
-    def compute(self) -> tuple[Tensor, Tensor]:
-        mean = self.total / self.count
-        var = (self.total_sq / self.count - mean.square()).clamp_min(0.0)
-        return mean, var
 
 
 class VAEModule(L.LightningModule):
     """A VAE trained on the negative ELBO with a closed-form Gaussian KL against N(0, I).
 
-    ``VAEModule()`` is the model ``python train.py`` trains by default: every argument defaults to
-    the typed definitions in :mod:`vae.core.config`, whose defaults are the YAML's.
-
-    Args (saved with the checkpoint as plain dicts, so ``load_from_checkpoint(path)`` needs nothing else):
-        model: :class:`~vae.core.config.ModelConfig` or a mapping of some of its keys (the rest keep
-            their defaults): the network (:data:`NETWORK_KEYS`) plus ``beta``, ``kl_warmup_steps``
-            and ``free_bits`` (nats per latent dimension).
-        optim: :class:`~vae.core.config.OptimConfig` or a mapping: ``optimizer`` (adam | adamw),
-            ``lr``, ``weight_decay``, ``scheduler`` (none | cosine), ``min_lr_ratio``.
-        evaluation: :class:`~vae.core.config.EvalConfig` or a mapping: ``seed``, ``iw_samples`` and
-            ``iw_chunk`` (samples decoded per pass).
-        image_shape: ``(C, H, W)`` of the data.
+    ``model``, ``optim``, ``evaluation``: a :class:`~vae.core.config.ModelConfig`,
+    :class:`~vae.core.config.OptimConfig`, :class:`~vae.core.config.EvalConfig` or a mapping of some
+    of its keys (the rest keep their defaults, so ``VAEModule()`` is the model ``python train.py``
+    trains by default); ``image_shape``: ``(C, H, W)`` of the data. All are saved with the checkpoint
+    as plain dicts, so ``load_from_checkpoint(path)`` needs nothing else.
     """
 
     def __init__(
@@ -152,9 +72,7 @@ class VAEModule(L.LightningModule):
         )
         m = self.model_config
         self.latent_dim = m.latent_dim
-        self.vae: VAE = build_vae(
-            image_shape=self.image_shape, **{k: getattr(m, k) for k in NETWORK_KEYS}
-        )
+        self.vae: VAE = build_vae(config=m, image_shape=self.image_shape)
         self.beta = float(m.beta)
         self.kl_warmup_steps = m.kl_warmup_steps
         # the KL per image, batch mean; validate=False: kl_dim comes from elbo_terms unchecked and
@@ -165,30 +83,17 @@ class VAEModule(L.LightningModule):
         self.iw_samples = self.eval_config.iw_samples
         self.iw_chunk = self.eval_config.iw_chunk
         self._noise_blocks: dict[tuple[str, int], Tensor] = {}
-        stages = ("val", "test")
-        self.eval_means = torch.nn.ModuleDict(
-            {f"{s}_{n}": MeanMetric() for s in stages for n in EVAL_TERMS}
-            | {"test_nll_iw": MeanMetric()}
-        )
-        # images evaluated, summed over processes: the proof that none is dropped or counted twice
-        self.eval_counts = torch.nn.ModuleDict({s: SumMetric() for s in stages})
-        self.mu_moments = ColumnMoments(self.latent_dim)
-        self.kl_dim_moments = ColumnMoments(self.latent_dim)
+        self.eval_metrics = EvalMetrics(self.latent_dim)
         self.train_terms = TrainTerms()
         self._train_elbo = self.elbo_terms  # torch.compile'd by compile_networks()
         # true once the weights are not fresh: trained here, or loaded from a checkpoint
         self._weights_trained = False
 
     def setup(self, stage: str) -> None:
-        """Before fitting fresh weights: start the decoder at the training images' mean
-        (``model.init_output_bias``).
-
-        Only weights that were never trained nor loaded get it: a module from
-        ``load_from_checkpoint`` or one fitted before (fine-tuning, a second ``fit``) keeps its
-        bias. Lightning calls this after the data module's ``setup`` and before it restores a
-        ``ckpt_path``, so a resumed run gets its trained weights back too; under DDP every process
-        computes the same bias from the same training split.
-        """
+        """Before fitting fresh weights (never trained nor loaded), start the decoder at the
+        training images' mean (``model.init_output_bias``). Lightning calls this after the data
+        module's ``setup`` and before it restores a ``ckpt_path``; under DDP every process computes
+        the same bias from the same training split."""
         if stage != "fit" or not self.model_config.init_output_bias or self._weights_trained:
             return
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -203,12 +108,9 @@ class VAEModule(L.LightningModule):
         self._weights_trained = True
 
     def compile_networks(self) -> None:
-        """``torch.compile`` the training loss: :meth:`elbo_terms` and its backward, fused.
-
-        Only the training step uses the compiled function (evaluation stays eager, so its other
-        shapes cost no recompilation); the weights and state-dict keys are unchanged. On 2 CPU
-        cores it makes a step of the 784-400-20 MLP about 20 % faster after a compilation of
-        ~12 s (and one more for the last, smaller batch of an epoch).
+        """``torch.compile`` the training loss: :meth:`elbo_terms` and its backward, fused (what it
+        gains and costs: benchmarks/README.md). Only the training step uses it (evaluation stays
+        eager: its other shapes cost no recompilation); the weights and state-dict keys are unchanged.
         """
         self._train_elbo = torch.compile(self.elbo_terms, dynamic=False)
 
@@ -252,15 +154,13 @@ class VAEModule(L.LightningModule):
         self.train_terms.add(terms.detach(), n=x.shape[0], step=self.global_step)
         return objective
 
-    # ---- training metrics and the non-finite guard -------------------------------------------
-    # Lightning's self.log costs about a millisecond per call on this CPU, as much as a training
-    # step of the small MLP, so the training terms are summed on the device (no host sync) and
-    # read back every `trainer.log_every_n_steps` steps, when they are logged and checked.
+    # ---- training metrics ---------------------------------------------------------------------
+    # the terms are summed on the device (no host sync) and read back every
+    # `trainer.log_every_n_steps` steps, when they are logged (self.log per step: benchmarks/README.md)
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.global_step % self.trainer.log_every_n_steps != 0:
             return
         means = self.train_terms.read("window")  # the one host sync per logging interval
-        self.check_finite()
         if self.trainer.is_global_zero:
             metrics = {f"train/{k}_step": v for k, v in zip(TRAIN_TERMS, means, strict=True)}
             if self.kl_warmup_steps > 0:
@@ -269,37 +169,18 @@ class VAEModule(L.LightningModule):
                 logger.log_metrics(metrics, step=self.global_step)
         self.log("loss", means[0], prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
-    def on_validation_epoch_start(self) -> None:
-        if self.trainer.state.fn == "fit":
-            self.check_finite()  # before validation, so no checkpoint is written from a broken model
-
     def on_train_epoch_end(self) -> None:
-        self.check_finite()
         means = self.train_terms.read("epoch")
         self.log_dict(
             {f"train/{k}_epoch": v for k, v in zip(TRAIN_TERMS, means, strict=True)}, sync_dist=True
         )
 
-    def check_finite(self) -> None:
-        """Raise :class:`NonFiniteLossError` naming the step and the term if the loss went NaN/inf."""
-        bad = self.train_terms.first_non_finite()
-        if bad is None:
-            return
-        step, names = bad
-        callback = self.trainer.checkpoint_callback
-        ckpt = getattr(callback, "last_model_path", "")
-        dirpath = getattr(callback, "dirpath", None)
-        if ckpt:
-            kept = f"the last good checkpoint is {ckpt}"
-        elif dirpath and any(Path(dirpath).glob("*.ckpt")):
-            kept = f"this run wrote no checkpoint; those already in {dirpath} are untouched"
-        else:
-            kept = "no checkpoint had been written yet"
-        raise NonFiniteLossError(
-            f"training stopped: the loss became non-finite at step {step} "
-            f"(term: {', '.join(names)}; optim.lr={self.optim_config.lr}); {kept}. "
-            "Lower optim.lr or clip gradients (trainer.gradient_clip_val=1.0)"
-        )
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The guards every fit of this module gets (:mod:`vae.train.guards`): a NaN/inf loss stops
+        training with one line before a checkpoint is written; a resume continues its run. Once
+        per trainer (a ``test`` after ``fit`` would otherwise replace them, with a message)."""
+        present = {type(c) for c in self.trainer.callbacks}
+        return [guard() for guard in (NonFiniteGuard, ResumeGuard) if guard not in present]
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -311,49 +192,16 @@ class VAEModule(L.LightningModule):
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
         if resuming and "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
-        # trainer.max_time budgets each invocation: the Timer of the run that was stopped by it is
-        # not restored (it would end the resumed run at once, having trained nothing)
-        for key in [k for k in checkpoint.get("callbacks", {}) if str(k).startswith("Timer")]:
-            del checkpoint["callbacks"][key]
-
-    def on_train_start(self) -> None:
-        """A resumed cosine schedule must plan the same number of steps as this run: a larger
-        ``trainer.max_epochs`` would keep the old ``T_max``, so the learning rate would fall to 0
-        and climb back to its peak. Refused, naming the key."""
-        planned = max(1, int(self.trainer.estimated_stepping_batches))
-        t_max = getattr(self.lr_schedulers(), "T_max", planned)
-        if t_max != planned:
-            raise ConfigError(
-                f"trainer.max_epochs={self.trainer.max_epochs} plans {planned} steps, but the "
-                f"checkpoint's cosine schedule ends at step {t_max} (the run it continues planned "
-                "that many): the learning rate would reach 0 and climb back. Resume with that "
-                "run's trainer.max_epochs and data.batch_size (its config.yaml has them), or "
-                "start a new run"
-            )
 
     # ---- evaluation ------------------------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> None:
         x = batch[0]
         eps = self.eval_noise(batch[2], stage) if len(batch) > 2 else None
-        t = self.elbo_terms(x, eps=eps)
-        for name in EVAL_TERMS:
-            # MeanMetric over per-image values: an exact mean over images, also across DDP processes
-            self.eval_means[f"{stage}_{name}"].update(t[name])
-        self.eval_counts[stage].update(torch.tensor(float(x.shape[0]), device=x.device))
-        self.mu_moments.update(t["mu"])
-        self.kl_dim_moments.update(t["kl_dim"])
+        self.eval_metrics.update(stage, self.elbo_terms(x, eps=eps))
 
     def _log_eval_epoch(self, stage: str) -> None:
-        for name in EVAL_TERMS:
-            self.log(f"{stage}/{name}", self.eval_means[f"{stage}_{name}"], prog_bar=name == "loss")
-        # (d,) even for d = 1: torchmetrics squeezes one-element results to 0-dim
-        mu_var = self.mu_moments.compute()[1].reshape(-1)
-        kl_dim_mean = self.kl_dim_moments.compute()[0].reshape(-1)
-        self.log(f"{stage}/num_images", self.eval_counts[stage])
-        self.log(f"{stage}/active_units", (mu_var > ACTIVE_UNIT_THRESHOLD).sum().float())
-        self.log_dict({f"{stage}/kl_dim/{j}": v.float() for j, v in enumerate(kl_dim_mean)})
-        self.mu_moments.reset()
-        self.kl_dim_moments.reset()
+        for name, value in self.eval_metrics.epoch(stage).items():
+            self.log(name, value, prog_bar=name == f"{stage}/loss")
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -365,11 +213,10 @@ class VAEModule(L.LightningModule):
         self._eval_step(batch, "test")
         index = batch[2] if len(batch) > 2 else None  # (images, labels, indices)
         nll_iw = self.iw_nll(batch[0], n_samples=self.iw_samples, index=index)
-        self.eval_means["test_nll_iw"].update(nll_iw)
+        self.eval_metrics.means["test_nll_iw"].update(nll_iw)
 
     def on_test_epoch_end(self) -> None:
         self._log_eval_epoch("test")
-        self.log("test/nll_iw", self.eval_means["test_nll_iw"])
 
     def eval_noise(self, index: Tensor, stage: str) -> Tensor:
         """ε of the val/test −ELBO for the images at positions ``index`` ``(B,)`` of ``stage``'s
@@ -394,13 +241,9 @@ class VAEModule(L.LightningModule):
     def iw_nll(
         self, x: Tensor, *, n_samples: int, chunk: int | None = None, index: Tensor | None = None
     ) -> Tensor:
-        """−log p̂_K(x) (:func:`vae.core.objective.iw_nll`), nats per image, ``(B,)``.
-
-        ``chunk`` defaults to ``eval.iw_chunk``; ``index`` ``(B,)``, the images' positions in the
-        test split, makes the noise a function of (``eval.seed``, position, sample k), so the value
-        is the same for any batch size, chunk size or number of processes; without it the samples
-        come from the global RNG.
-        """
+        """−log p̂_K(x) (:func:`vae.core.objective.iw_nll`), nats per image, ``(B,)``; ``chunk``
+        defaults to ``eval.iw_chunk``. ``index`` ``(B,)``, the images' positions in the test split,
+        draws the noise with :meth:`iw_noise` (else from the global RNG)."""
 
         def noise(start: int, stop: int) -> Tensor:
             return self.iw_noise(index, start=start, stop=stop)
@@ -417,7 +260,7 @@ class VAEModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         cfg = self.optim_config
         kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-        # fused: one kernel for the whole update (about 2.4× faster than foreach Adam on 2 CPU cores)
+        # fused: one kernel for the whole update (benchmarks/README.md)
         optimizer = kind(
             self.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay), fused=True
         )
@@ -431,9 +274,24 @@ class VAEModule(L.LightningModule):
 
     # ---- loading -----------------------------------------------------------------------------------
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, **kwargs: Any) -> VAEModule:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint`` (same arguments), made safe: the file is checked by
-        :func:`vae.train.checkpointing.load_checkpoint` first (a :class:`~vae.errors.CheckpointError` if
-        it is not a checkpoint of this model or holds Python objects), then read as data only."""
-        load_checkpoint(checkpoint_path)
-        return super().load_from_checkpoint(checkpoint_path, **kwargs, weights_only=True)
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, *, map_location: Any = None, strict: bool = True
+    ) -> VAEModule:
+        """The model of a checkpoint written by train.py, read once by
+        :func:`vae.train.checkpointing.load_checkpoint` (a :class:`~vae.errors.CheckpointError` if
+        the file holds Python objects, is not a checkpoint of this model or its weights do not
+        fit its stored config), then built with :meth:`from_checkpoint`. Not Lightning's: that
+        reads the file a second time, and passes the stored hyper-parameters to constructors."""
+        return cls.from_checkpoint(
+            load_checkpoint(checkpoint_path, map_location=map_location or "cpu"), strict=strict
+        )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Mapping[str, Any], *, strict: bool = True) -> VAEModule:
+        """The model of a checkpoint dict that :func:`~vae.train.checkpointing.load_checkpoint`
+        returned, on the device its weights were loaded to."""
+        module = cls(**checkpoint["hyper_parameters"])  # its arguments, checked by load_checkpoint
+        module.on_load_checkpoint(dict(checkpoint))
+        module.load_state_dict(checkpoint["state_dict"], strict=strict)
+        device = next(iter(checkpoint["state_dict"].values()), torch.zeros(())).device
+        return module.to(device)

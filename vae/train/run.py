@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
-import json
+import itertools
 import os
 import shlex
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,11 @@ from vae.train.checkpointing import (
 )
 from vae.train.config import validate_config
 from vae.train.diskspace import disk_full_is_one_line
-from vae.train.environment import collect_environment, environment_markdown
+from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
 from vae.train.preemption import Preemption
-from vae.train.report import log_hparams, print_summary, silence_known_noise, written_figures
+from vae.train.report import silence_known_noise
+from vae.train.summary import RunSummary
 
 
 def _ensure_writable(directory: Path) -> None:
@@ -109,14 +110,10 @@ class CheckRunDir(Callback):
             )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.global_hydra import GlobalHydra
-        from hydra.core.override_parser.overrides_parser import OverridesParser
 
         loader = GlobalHydra.instance().config_loader()
-        # the override lists of the sweep's jobs, as Hydra's basic sweeper expands them
-        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        jobs = sweep_jobs(list(config.hydra.overrides.task))
         for n, overrides in enumerate(jobs):
             job = loader.load_sweep_config(config, overrides)
             with _user_error_exits(
@@ -125,12 +122,30 @@ class CheckRunDir(Callback):
                 validate_config(job)
 
 
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override lists of a sweep's jobs, as Hydra's basic sweeper expands them (public API
+    only): the product of each key's values, a later override of a key replacing an earlier one.
+    A sweep over an interval has no list of jobs: none (its sweeper reports what it cannot run)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            values[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        else:
+            return []
+    return [list(job) for job in itertools.product(*values.values())]
+
+
 def _write_config(output_dir: Path, text: str) -> None:
     path, k = output_dir / "config.yaml", 0
-    while path.exists() and path.read_text() != text:
+    while (earlier := read_own(path)) is not None and earlier != text.encode():
         k += 1
         path = output_dir / f"config.{k}.yaml"
-    path.write_text(text)
+    write_atomic(path, text)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -143,13 +158,50 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> VAEModule:
-    """The :class:`VAEModule` described by ``cfg.model``, ``cfg.optim`` and ``cfg.eval``."""
-    return VAEModule(
+    """The :class:`VAEModule` described by ``cfg.model``, ``cfg.optim`` and ``cfg.eval``
+    (its training loss compiled if ``cfg.compile``)."""
+    module = VAEModule(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         evaluation=OmegaConf.to_container(cfg.eval, resolve=True),
         image_shape=tuple(image_shape),
     )
+    if cfg.get("compile"):
+        module.compile_networks()
+    return module
+
+
+def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, Preemption]:
+    """The ``Trainer`` of ``cfg.trainer`` with the configured callbacks and loggers, the
+    preemption handler (returned too) and atomic checkpoint writes."""
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it cannot show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not cfg.trainer.get("enable_model_summary", True):  # and a summary it was told not to print
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
+    preemption = Preemption()
+    loggers = _instantiate_all(cfg.get("logger"))
+    if not loggers:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = _build_trainer(
+        cfg,
+        callbacks=[*callbacks, preemption],
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+    )
+    asked = cfg.trainer.get("precision")
+    if asked is not None and str(trainer.precision) != str(asked):  # Lightning swapped it quietly
+        raise ConfigError(
+            f"trainer.precision={asked!r} is not supported on {trainer.strategy.root_device.type} "
+            f"(Lightning would run {trainer.precision} and the run's config would say {asked}); "
+            "choose bf16-mixed or 32-true"
+        )
+    if trainer.strategy.root_device.type == "cpu":
+        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, which makes every torch.cuda.is_available()
+        # probe NVML again (Adam asks at every step: benchmarks/README.md); a CPU run asks the
+        # runtime once
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+    return trainer, preemption
 
 
 @contextlib.contextmanager
@@ -161,8 +213,24 @@ def run_lock(output_dir: Path) -> Iterator[None]:
     if rank_zero_only.rank != 0:
         yield
         return
-    path = output_dir / ".lock"
-    with _locked(path) as f:
+    try:  # O_NOFOLLOW: a link planted at .lock is refused, not truncated through
+        fd = os.open(output_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as err:
+        raise ConfigError(
+            f"run directory {str(output_dir)!r}: cannot open its lock file .lock ("
+            f"{'a symbolic link' if err.errno == errno.ELOOP else err.strerror}); remove it, or "
+            "choose another run directory with hydra.run.dir=<dir>"
+        ) from None
+    with open(fd, "r+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ConfigError(
+                f"run directory {str(output_dir)!r} is in use by another run (PID {holder}); "
+                "wait for it to end, or choose another one with hydra.run.dir=<dir>"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -170,29 +238,8 @@ def run_lock(output_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)  # while still locked: the next run makes a new file
+            (output_dir / ".lock").unlink(missing_ok=True)  # still locked: the next run makes one
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[Any]:
-    """``path`` opened and exclusively locked; a :class:`ConfigError` if a live run holds it."""
-    while True:
-        with open(path, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "unknown"
-                raise ConfigError(
-                    f"run directory {str(path.parent)!r} is in use by another run (PID {holder}); "
-                    "wait for it to end, or choose another one with hydra.run.dir=<dir>"
-                ) from None
-            # a run that ended between our open and flock removed the file we locked: again
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                    yield f
-                    return
 
 
 def resolve_ckpt_path(value: Any, output_dir: Path) -> Path | None:
@@ -225,40 +272,24 @@ def _resume_command(ckpt: Path, output_dir: Path, data_root: Path) -> str:
     return "python train.py " + " ".join(shlex.quote(a) for a in args)
 
 
-def _write_metrics(path: Path, summary: dict[str, Any], *, resumed_from: Path | None) -> None:
-    """Write ``metrics.json``; a resumed run keeps the metrics of the file it continues that it
-    did not compute again (e.g. ``val/*`` when nothing was left to train), and says so."""
-    if resumed_from is not None:
-        if path.is_file():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                summary["metrics"] = json.loads(path.read_text())["metrics"] | summary["metrics"]
-        summary["resumed_from"] = str(resumed_from)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train (and test) the model described by ``cfg``; return the final metrics (nats per image).
-
-    Writes into ``cfg.paths.output_dir``: ``config.yaml`` (the composed config), ``tensorboard/``,
-    ``checkpoints/`` (``last.ckpt`` and the best by ``val/loss``) and ``metrics.json``. SIGTERM or
-    SIGINT save ``checkpoints/last.ckpt`` at the current step and raise :class:`RunInterrupted`.
-    """
-    silence_known_noise()
-    validate_config(cfg)
-    datamodule = _instantiate(cfg.data)  # checks the data.* keys (vae.train.data.DATA_RULES)
-    output_dir = Path(cfg.paths.output_dir).absolute()
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
-    if ckpt_path is not None:
-        check_resumable(
-            ckpt_path,
-            OmegaConf.to_container(cfg.model, resolve=True),
-            OmegaConf.to_container(cfg.optim, resolve=True),
-            data=dict(datamodule.hparams),
-        )
-    _ensure_writable(output_dir)
-    with run_lock(output_dir):  # no other live run writes here: leftovers of a kill -9 can go
-        remove_stale_temp_files(output_dir / "checkpoints")
-        return _fit_and_test(cfg, datamodule, output_dir, ckpt_path)
+@contextlib.contextmanager
+def interrupt_says_how_to_resume(
+    preemption: Preemption, *, output_dir: Path, data_root: Path
+) -> Iterator[None]:
+    """Lightning's ``SIGTERMException`` after :class:`Preemption` saved a checkpoint becomes
+    :class:`RunInterrupted`: the step, the signal and the command that resumes the run."""
+    try:
+        yield
+    except SIGTERMException:
+        if preemption.saved is None or preemption.received is None:
+            raise
+        step, path = preemption.saved
+        signum = preemption.received
+        raise RunInterrupted(
+            f"interrupted at step {step} ({signum.name}); resume with: "
+            f"{_resume_command(path, output_dir, data_root)}",
+            exit_code=128 + int(signum),
+        ) from None
 
 
 def _as_recorded(cfg: DictConfig, *, data_root: str, output_dir: Path, ckpt: Path | None) -> str:
@@ -273,96 +304,54 @@ def _as_recorded(cfg: DictConfig, *, data_root: str, output_dir: Path, ckpt: Pat
     return OmegaConf.to_yaml(recorded)
 
 
-def _fit_and_test(
-    cfg: DictConfig, datamodule: Any, output_dir: Path, ckpt_path: Path | None
-) -> dict[str, float]:
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if not getattr(datamodule, "download", True):
-        datamodule.prepare_data()
-    module = build_module(cfg, datamodule.dims)
-    if cfg.get("compile"):
-        module.compile_networks()
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it cannot show
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if not cfg.trainer.get("enable_model_summary", True):  # and a summary it was told not to print
-        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
-    preemption = Preemption()
-    loggers = _instantiate_all(cfg.get("logger"))
-    if not loggers:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = _build_trainer(
-        cfg,
-        callbacks=[*callbacks, preemption],
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-    )
-    asked = cfg.trainer.get("precision")
-    if asked is not None and str(trainer.precision) != str(asked):  # Lightning swapped it quietly
-        raise ConfigError(
-            f"trainer.precision={asked!r} is not supported on {trainer.strategy.root_device.type} "
-            f"(Lightning would run {trainer.precision} and the run's config would say {asked}); "
-            "choose bf16-mixed or 32-true"
-        )
-    if trainer.strategy.root_device.type == "cpu":
-        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, which makes every torch.cuda.is_available()
-        # probe NVML again (~0.1 ms; Adam asks at every step): on a CPU run ask the runtime once
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
-    if trainer.is_global_zero:
-        text = _as_recorded(
-            cfg, data_root=datamodule.hparams["root"], output_dir=output_dir, ckpt=ckpt_path
-        )
-        _write_config(output_dir, text)
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (and test) the model described by ``cfg``; return the final metrics (nats per image).
 
-    try:
-        with preemption.installed():
-            start = time.perf_counter()
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            fit_seconds = time.perf_counter() - start
+    Writes into ``cfg.paths.output_dir``: ``config.yaml`` (the composed config), ``tensorboard/``,
+    ``checkpoints/`` (``last.ckpt`` and the best by ``val/loss``) and ``metrics.json``. SIGTERM or
+    SIGINT save ``checkpoints/last.ckpt`` at the current step and raise :class:`RunInterrupted`.
+    """
+    silence_known_noise()
+    validate_config(cfg)
+    datamodule = _instantiate(cfg.data)  # checks the data.* keys (vae.train.data.DATA_RULES)
+    data_root = datamodule.hparams["root"]
+    output_dir = Path(cfg.paths.output_dir).absolute()
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    if ckpt_path is not None:
+        check_resumable(
+            ckpt_path,
+            OmegaConf.to_container(cfg.model, resolve=True),
+            OmegaConf.to_container(cfg.optim, resolve=True),
+            data=dict(datamodule.hparams),
+        )
+    _ensure_writable(output_dir)
+    with run_lock(output_dir):  # no other live run writes here: leftovers of a kill -9 can go
+        remove_stale_temp_files(output_dir / "checkpoints")
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        if not getattr(datamodule, "download", True):
+            datamodule.prepare_data()
+        module = build_module(cfg, datamodule.dims)
+        trainer, preemption = build_trainer(cfg)
+        if trainer.is_global_zero:
+            recorded = _as_recorded(cfg, data_root=data_root, output_dir=output_dir, ckpt=ckpt_path)
+            _write_config(output_dir, recorded)
+        summary = RunSummary(cfg, output_dir=output_dir, resumed_from=ckpt_path)
+        with (
+            interrupt_says_how_to_resume(preemption, output_dir=output_dir, data_root=data_root),
+            preemption.installed(),
+        ):
+            with summary.timed("fit"):
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics = {
                 k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
             }
-            test_seconds = None
             if cfg.get("test"):
                 # the final weights: the model the figures show (best-by-val/loss is saved as well)
-                start = time.perf_counter()
-                results = trainer.test(module, datamodule=datamodule, verbose=False)
-                test_seconds = round(time.perf_counter() - start, 2)
+                with summary.timed("test"):
+                    results = trainer.test(module, datamodule=datamodule, verbose=False)
                 metrics.update({k: float(v) for k, v in results[0].items()})
-    except SIGTERMException:
-        if preemption.saved is None or preemption.received is None:
-            raise
-        step, path = preemption.saved
-        signum = preemption.received
-        raise RunInterrupted(
-            f"interrupted at step {step} ({signum.name}); resume with: "
-            f"{_resume_command(path, output_dir, datamodule.hparams['root'])}",
-            exit_code=128 + int(signum),
-        ) from None
-
-    if trainer.is_global_zero:
-        summary = {
-            "metrics": metrics,
-            "units": "nats per image",
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "fit_seconds": round(fit_seconds, 2),
-            "test_seconds": test_seconds,
-            "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
-            "environment": collect_environment(
-                device=trainer.strategy.root_device, precision=str(trainer.precision)
-            ),
-        }
-        _write_metrics(output_dir / "metrics.json", summary, resumed_from=ckpt_path)
-        for logger in trainer.loggers:
-            log_hparams(logger, cfg, metrics)  # the curated config with the final metrics
-            if hasattr(logger.experiment, "add_text"):  # TensorBoard's text tab
-                logger.experiment.add_text(
-                    "environment", environment_markdown(summary["environment"])
-                )
-            logger.finalize("success")
-        print_summary(cfg, metrics, output_dir, written_figures(trainer.callbacks))
-    return metrics
+        summary.finish(trainer, metrics)
+        return metrics
 
 
 @_user_error_exits()

@@ -29,6 +29,7 @@ import contextlib
 import gzip
 import hashlib
 import http.server
+import ipaddress
 import json
 import math
 import sys
@@ -37,17 +38,19 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import torch
 from torch import Tensor, nn
 
 from vae.core.networks import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from vae.errors import DatasetError, ExplorerError, UserError
+from vae.errors import ConfigError, ExplorerError, UserError
 from vae.kl import gaussian_kl_per_dim
 from vae.rules import positive_int_arg
 from vae.train.checkpointing import load_checkpoint
 from vae.train.data import MNISTDataModule
 from vae.train.environment import format_environment
+from vae.train.files import write_atomic
 from vae.train.module import VAEModule
 from vae.viz import figures as visualize
 from vae.viz import plots
@@ -65,6 +68,8 @@ METRIC_ROWS = (
     ("active_units", "active units"),
 )
 FILENAME = "explorer.html"
+#: where ``--serve`` listens by default: this machine only
+LOOPBACK = "127.0.0.1"
 
 
 # ---- the model as ops ----------------------------------------------------------------------------
@@ -225,7 +230,7 @@ def _blob(t: Tensor, *, compress: bool = False) -> dict[str, Any]:
     """A tensor as ``{"base64", "gzip"}`` of its little-endian bytes (``mtime=0``: deterministic)."""
     data = t.contiguous().numpy().tobytes()
     if compress:
-        data = gzip.compress(data, compresslevel=6, mtime=0)  # level 9: +2 s for 2 % less
+        data = gzip.compress(data, compresslevel=6, mtime=0)  # level 9: benchmarks/README.md
     return {"base64": _b64(data), "gzip": compress}
 
 
@@ -443,9 +448,9 @@ def _load_run(target: Path) -> tuple[Any, dict[str, Any], dict[str, float]]:
     there is one beside ``checkpoints/``; otherwise they are empty.
     """
     ckpt = visualize._resolve_checkpoint(target)
-    checkpoint = load_checkpoint(ckpt)  # the one safe loader: refuses Python objects, foreign files
-    hparams = dict(checkpoint.get("datamodule_hyper_parameters", {}))
-    module = VAEModule.load_from_checkpoint(ckpt, map_location="cpu")
+    checkpoint = load_checkpoint(ckpt)  # the one loader: data only, every field checked
+    hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    module = VAEModule.from_checkpoint(checkpoint)
     return module, hparams, read_metrics(visualize.run_dir_of(ckpt))
 
 
@@ -460,35 +465,90 @@ def read_metrics(run_dir: Path) -> dict[str, float]:
 
 
 def write_page(path: Path, html: str) -> Path:
-    """Write ``html`` to ``path`` atomically (a temporary sibling renamed over it)."""
+    """Write ``html`` to ``path`` with the one atomic writer (:func:`vae.train.files.write_atomic`:
+    a planted link is never followed, a full disk leaves the old page)."""
+    return write_atomic(
+        path, html, what="the explorer page", fix="or choose another file with --out"
+    )
+
+
+class _PageHandler(http.server.BaseHTTPRequestHandler):
+    """Answers ``GET``/``HEAD /<page name>`` with the page and anything else with 404: no listing,
+    no other file of its folder (the checkpoints, config.yaml), no path outside it."""
+
+    page_path = "/"
+    body = b""
+
+    def do_GET(self) -> None:
+        self._answer(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(with_body=False)
+
+    def _answer(self, *, with_body: bool) -> None:
+        # the raw request path, compared as typed: %-encodings, "..", "//" or a query never match
+        if self.path != self.page_path:
+            self.send_error(404, "only the explorer page is served here")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if with_body:
+            self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+
+def open_server(*, host: str = LOOPBACK, port: int = 0) -> http.server.ThreadingHTTPServer:
+    """A server listening on ``host:port`` (port 0: any free one), not serving yet. Opened before
+    the page is built, so a port in use or an address that is not this machine's is refused before
+    anything is written; a host that is not a loopback address gets a warning on stderr."""
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), _PageHandler)
+    except (OSError, OverflowError) as err:
+        reason = (getattr(err, "strerror", None) or " ".join(str(err).split())).rstrip(".")
+        raise ConfigError(
+            f"--host {host} --port {port}: cannot listen there ({reason}); choose a free port with "
+            "--port N (0 picks one) or an address of this machine with --host"
+        ) from None
+    if not _is_loopback(host):
+        print(
+            f"warning: --host {host} is not a loopback address: anyone who can reach this machine "
+            "on that address can read the page (the model's weights and the test images)",
+            file=sys.stderr,
+        )
+    return server
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only "localhost" is known to stay on this machine
+        return False
+
+
+def serve(path: Path, server: http.server.ThreadingHTTPServer) -> None:
+    """Serve the page at ``path`` (read once, now) and nothing else on ``server``
+    (:func:`open_server`); print its address and block until interrupted (Ctrl-C, SIGTERM)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    name = quote(path.name)
+    handler = type(
+        "PageHandler", (_PageHandler,), {"page_path": f"/{name}", "body": path.read_bytes()}
+    )
+    server.RequestHandlerClass = handler
+    host, port = server.server_address[:2]
+    shown = f"[{host}]" if ":" in str(host) else host
+    print(f"serving http://{shown}:{port}/{name} (Ctrl-C to stop)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
 
 
-def serve(path: Path, *, host: str = "127.0.0.1", port: int = 0) -> None:
-    """Serve ``path``'s folder on ``host:port`` (0: any free port), print the page's address and
-    block until interrupted."""
-    path = Path(path).resolve()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(path.parent), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
-            pass
-
-    with http.server.ThreadingHTTPServer((host, port), Handler) as server:
-        url = f"http://{host}:{server.server_address[1]}/{path.name}"
-        print(f"serving {url} (Ctrl-C to stop)", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            server.serve_forever()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vae.explore",
         description="Write the interactive latent-space explorer (one offline HTML file) of a "
@@ -504,44 +564,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-points", type=positive_int_arg, default=None, help="subsample the test points"
     )
     parser.add_argument(
-        "--serve", action="store_true", help="serve the page on 127.0.0.1 and print its address"
+        "--serve", action="store_true", help="serve the page (only it) and print its address"
+    )
+    parser.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help=f"with --serve: the address to listen on (default: {LOOPBACK}, this machine only)",
     )
     parser.add_argument("--port", type=int, default=0, help="with --serve (default: a free port)")
-    args = parser.parse_args(argv)
-    try:
-        module, hparams, metrics = _load_run(args.target)
-        run_dir = visualize.run_dir_of(args.target)  # the page's default folder
-        root = {"root": args.data_root} if args.data_root else {}
-        dm = MNISTDataModule(**(dict(hparams) | {"download": False} | root))
-        dm.setup("test")
-        ds = dm.test_dataset
-        html = render_html(
-            page_payload(
-                module,
-                images=dm.to_float(ds.images),
-                labels=ds.labels,
-                class_names=dm.class_names,
-                metrics=metrics,
-                config=config_summary(
-                    module, hparams, environment=visualize.run_environment(run_dir)
-                ),
-                precision=args.precision,
-                max_points=args.max_points,
-            )
+    return parser
+
+
+def _write_explorer(args: argparse.Namespace) -> Path:
+    """Build the page of ``args.target`` and write it; returns its path."""
+    module, hparams, metrics = _load_run(args.target)
+    run_dir = visualize.run_dir_of(args.target)  # the page's default folder
+    root = {"root": args.data_root} if args.data_root else {}
+    dm = MNISTDataModule(**(dict(hparams) | {"download": False} | root))
+    dm.hints = visualize.cli_hints("python -m vae.explore", env_var=False)
+    dm.setup("test")
+    ds = dm.test_dataset
+    html = render_html(
+        page_payload(
+            module,
+            images=dm.to_float(ds.images),
+            labels=ds.labels,
+            class_names=dm.class_names,
+            metrics=metrics,
+            config=config_summary(module, hparams, environment=visualize.run_environment(run_dir)),
+            precision=args.precision,
+            max_points=args.max_points,
         )
-        out = write_page(args.out or run_dir / FILENAME, html)
-    except DatasetError as err:
-        print(
-            f"error: {err} Here: pass --data-root DIR (the folder holding MNIST/raw/).",
-            file=sys.stderr,
-        )
-        return 2
-    except (UserError, FileNotFoundError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
-    if args.serve:
-        serve(out, port=args.port)
+    )
+    return write_page(args.out or run_dir / FILENAME, html)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        try:
+            server = None
+            if args.serve:  # listening before the page is built: a port in use writes nothing
+                server = stack.enter_context(open_server(host=args.host, port=args.port))
+            out = _write_explorer(args)
+        except (UserError, FileNotFoundError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
+        if server is not None:
+            serve(out, server)
     return 0
 
 

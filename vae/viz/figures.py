@@ -44,9 +44,11 @@ from torchvision.utils import make_grid
 
 from vae.errors import CheckpointError, ConfigError, UserError
 from vae.rules import int_at_least, one_of, optional, positive_int_arg
+from vae.train.checkpointing import load_checkpoint
 from vae.train.data import DataHints, MNISTDataModule
 from vae.train.diskspace import disk_full_is_one_line
 from vae.train.environment import format_environment
+from vae.train.files import atomic_file, read_own, write_atomic
 from vae.train.module import VAEModule
 from vae.viz import plots
 
@@ -245,18 +247,21 @@ def write_projector(
         pad = embeddings.new_zeros(n, PROJECTOR_MIN_DIMS - embeddings.shape[1])
         embeddings = torch.cat([embeddings, pad], dim=1)
     rows = ("\t".join(f"{v:.7g}" for v in row) for row in embeddings.tolist())
-    (folder / "tensors.tsv").write_text("\n".join(rows) + "\n")
-    (folder / "metadata.tsv").write_text("\n".join(labels) + "\n")
+    write_atomic(folder / "tensors.tsv", "\n".join(rows) + "\n")
+    write_atomic(folder / "metadata.tsv", "\n".join(labels) + "\n")
     side = math.ceil(math.sqrt(n))
     tiles = torch.zeros(side * side, *images.shape[1:], dtype=torch.uint8)
     tiles[:n] = images.cpu()
     sprite = make_grid(tiles, nrow=side, padding=0)[:1]  # (1, side·H, side·W), still uint8
-    Image.fromarray(sprite[0].numpy()).save(folder / "sprite.png")  # 2-D uint8: greyscale
+    with atomic_file(folder / "sprite.png") as f:
+        Image.fromarray(sprite[0].numpy()).save(f, format="PNG")  # 2-D uint8: greyscale
 
     config_path = Path(log_dir) / "projector_config.pbtxt"
     config = projector_config_pb2.ProjectorConfig()
-    if config_path.exists():
-        text_format.Parse(config_path.read_text(), config)
+    earlier = read_own(config_path)  # the other tags' entries (not through a planted link)
+    if earlier is not None:
+        with contextlib.suppress(text_format.ParseError, UnicodeDecodeError):  # else rewritten
+            text_format.Parse(earlier.decode("utf-8"), config)
     name = f"{tag}:{step:05d}"
     kept = [e for e in config.embeddings if e.tensor_name != name]
     del config.embeddings[:]
@@ -267,7 +272,7 @@ def write_projector(
     entry.metadata_path = f"{sub}/metadata.tsv"
     entry.sprite.image_path = f"{sub}/sprite.png"
     entry.sprite.single_image_dim.extend(list(images.shape[-2:]))
-    config_path.write_text(text_format.MessageToString(config))
+    write_atomic(config_path, text_format.MessageToString(config))
     return folder
 
 
@@ -277,13 +282,22 @@ def write_pngs(figures: dict[str, Figure | Tensor], directory: str | Path) -> li
 
 
 # ---- command line --------------------------------------------------------------------------------
-#: how this command's data errors spell the fixes (vae.train.data's default names train.py's config keys)
-CLI_HINTS = DataHints(
-    not_fetched="python -m vae.visualize does not download",
-    fetch="download them from {mirrors} (python train.py data.download=true does, before training)",
-    refetch="replace it with the published file (python -m vae.visualize does not download)",
-    root="pass --data-root DIR (or set VAE_DATA_DIR) for a directory DIR holding {raw}",
-)
+def cli_hints(prog: str, *, env_var: bool) -> DataHints:
+    """How the data errors of the command line ``prog`` spell the fixes: its ``--data-root``
+    (and ``VAE_DATA_DIR`` when ``env_var``), and that it never downloads (vae.train.data's default
+    names train.py's config keys, which such a command does not have)."""
+    also = " (or set VAE_DATA_DIR)" if env_var else ""
+    return DataHints(
+        not_fetched=f"{prog} does not download",
+        fetch="download them from {mirrors} (python train.py data.download=true does, before "
+        "training)",
+        refetch=f"replace it with the published file ({prog} does not download)",
+        root=f"pass --data-root DIR{also} for a directory DIR holding {{raw}}",
+    )
+
+
+#: the data hints of ``python -m vae.visualize``
+CLI_HINTS = cli_hints("python -m vae.visualize", env_var=True)
 
 
 def _resolve_checkpoint(target: Path) -> Path:
@@ -394,12 +408,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ckpt = _resolve_checkpoint(args.target)
         out = args.out or run_dir_of(ckpt)
         _check_out(out)
-        # checked first by vae.train.checkpointing.load_checkpoint, then read with weights_only=True
-        module = VAEModule.load_from_checkpoint(ckpt, map_location=device)
+        checkpoint = load_checkpoint(ckpt, map_location=device)  # the one loader, read once
+        module = VAEModule.from_checkpoint(checkpoint)
         _check_finite(module, ckpt)
         root = args.data_root or os.environ.get("VAE_DATA_DIR")  # else the checkpoint's
         overrides = {"download": False} | ({"root": root} if root else {})
-        dm = MNISTDataModule.load_from_checkpoint(ckpt, weights_only=True, **overrides)
+        dm = MNISTDataModule(
+            **(dict(checkpoint.get("datamodule_hyper_parameters") or {}) | overrides)
+        )
         dm.hints = CLI_HINTS
         dm.setup("test")
         ds = dm.test_dataset

@@ -21,7 +21,7 @@ Conventions (shared by every function here):
   Outputs more than 1e-3 outside [0, 1] raise (logits or standardised pixels passed by mistake);
   smaller round-off is clamped.
 * No randomness from the global RNG: sampling and subsampling use explicit seeds / generators.
-* No file system access except :func:`save_png`.
+* No file system access except :func:`save_png` (through :func:`vae.train.files.atomic_file`).
 
 TensorBoard projector sprites need no helper here: ``SummaryWriter.add_embedding(mat,
 label_img=images)`` with ``images`` ``(N, C, H, W)`` in [0, 1] tiles them into ``sprite.png`` itself
@@ -46,6 +46,8 @@ from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
+
+from vae.train.files import atomic_file
 
 __all__ = [
     "DPI",
@@ -218,16 +220,14 @@ def latent_scatter(
     """Scatter plot of posterior means ``z`` ``(N, d)`` coloured by integer ``labels`` ``(N,)``.
 
     One ``PathCollection`` (``fig.axes[0].collections[0]``) holds every plotted point: ``N`` of
-    them, or ``max_points`` drawn without replacement (seeded by ``seed``) when ``N > max_points``.
-    Points are drawn in a seeded random order so no class is systematically painted over another.
-    Class ``k`` gets colour ``k`` of 'tab10' ('tab20' beyond 10 classes) and a legend entry
-    ``class_names[k]`` (one per class, in order, opaque markers even though points are drawn with
-    ``alpha``, titled ``legend_title``, outside the axes on the right: ``fig.legends[0]``).
-    ``legend_title`` defaults to "digit" for the digit names "0" … "9" and "class" otherwise.
-    Names are shown in full: a legend wider than its place right of the axes (Fashion-MNIST's
-    "T-shirt/top", "Ankle boot") moves left to end at the figure's edge, and the axes narrow.
-    ``title`` defaults to "Posterior means in latent space"; a line is added to it for a PCA
-    projection and another ("m of N points shown") when subsampled.
+    them, or ``max_points`` drawn without replacement (seeded by ``seed``) when ``N > max_points``,
+    in a seeded random order so no class is systematically painted over another. Class ``k`` gets
+    colour ``k`` of 'tab10' ('tab20' beyond 10 classes) and a legend entry ``class_names[k]``
+    (opaque markers, titled ``legend_title``: "digit" for the names "0" … "9", else "class"; right
+    of the axes: ``fig.legends[0]``). Names are shown in full: a wider legend (Fashion-MNIST's
+    "T-shirt/top") moves left to end at the figure's edge, and the axes narrow. ``title`` defaults
+    to "Posterior means in latent space", plus a line for a PCA projection and one ("m of N points
+    shown") when subsampled. Figure: :data:`SCATTER_FIGSIZE` at :data:`DPI` (700 × 600 px).
 
     * ``d == 2``: axes z₁, z₂ with equal aspect.
     * ``d > 2``: the points are projected on the top two principal directions of *all* ``N`` rows
@@ -236,54 +236,22 @@ def latent_scatter(
       the d-D latent (x+y % of variance)".
     * ``d == 1``: a strip plot, z₁ horizontally against the class index plus uniform jitter in
       ±0.3 (seeded) vertically, y-ticks named by ``class_names``.
-
-    Figure: :data:`SCATTER_FIGSIZE` 7 × 6 in at :data:`DPI` 100 → 700 × 600 px.
     """
-    z = _as_tensor(z)
-    labels = _as_tensor(labels)
-    if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
-        raise ValueError(f"z must have shape (N, d) with N, d ≥ 1, got {tuple(z.shape)}")
-    n, d = z.shape
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
-        raise ValueError("labels must be integer class indices")
-    labels = labels.to(torch.long)
-    n_classes = len(class_names)
-    if bool(((labels < 0) | (labels >= n_classes)).any()):
-        raise ValueError(f"labels must lie in [0, {n_classes}) (one per class name)")
-    if max_points is not None and max_points < 1:
-        raise ValueError(f"max_points must be ≥ 1, got {max_points}")
-
+    z, labels = _scatter_input(z, labels, n_classes=len(class_names), max_points=max_points)
+    n = z.shape[0]
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)[:max_points]  # [:None] keeps all
 
-    z = z.to(torch.float64)
-    # a fixed layout (no layout engine): drawing is several times faster, and the same every time
-    fig = Figure(figsize=SCATTER_FIGSIZE, dpi=DPI)
+    fig = Figure(figsize=SCATTER_FIGSIZE, dpi=DPI)  # a fixed layout: faster, the same every time
     ax = fig.add_axes(SCATTER_AXES)
     base_title = title if title is not None else "Posterior means in latent space"
-    if d == 1:
-        jitter = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 0.6
-        xy = torch.stack([z[:, 0], labels.to(torch.float64) + jitter], dim=1)
-        ax.set(xlabel="z₁", ylabel="class (jittered)")
-        ax.set_yticks(range(n_classes), labels=list(class_names))
-    elif d == 2:
-        xy = z
-        ax.set(xlabel="z₁", ylabel="z₂")
-        ax.set_aspect("equal", adjustable="datalim")
-    else:
-        pca = pca_2d(z)
-        xy = pca.proj
-        pct = (100 * pca.explained_variance_ratio).tolist()
-        ax.set(xlabel=f"PC₁ ({pct[0]:.1f} % var.)", ylabel=f"PC₂ ({pct[1]:.1f} % var.)")
-        ax.set_aspect("equal", adjustable="datalim")
-        base_title += f"\nPCA projection of the {d}-D latent ({sum(pct):.1f} % of variance)"
+    xy, projected = _scatter_plane(ax, z, labels, class_names=class_names, generator=generator)
+    base_title += projected
     if len(order) < n:
         base_title += f"\n{len(order):,} of {n:,} points shown"
     ax.set_title(base_title)
 
-    palette = _palette(n_classes)
+    palette = _palette(len(class_names))
     colors = np.asarray(palette)[labels[order].numpy()]
     ax.scatter(
         xy[order, 0].numpy(),
@@ -295,17 +263,72 @@ def latent_scatter(
         rasterized=True,
     )
     ax.grid(alpha=0.3)
+    _class_legend(fig, ax, palette, class_names=class_names, title=legend_title)
+    return fig
+
+
+def _class_legend(
+    fig: Figure, ax: Axes, palette: list, *, class_names: Sequence[str], title: str | None
+) -> None:
+    """:func:`latent_scatter`'s legend: one opaque marker per class, right of the axes."""
     handles = [
         Line2D([], [], marker="o", linestyle="none", markersize=7, color=palette[k], label=name)
         for k, name in enumerate(class_names)
     ]
-    if legend_title is None:
-        legend_title = "digit" if tuple(class_names) == DEFAULT_CLASS_NAMES else "class"
+    if title is None:
+        title = "digit" if tuple(class_names) == DEFAULT_CLASS_NAMES else "class"
     legend = fig.legend(
-        handles=handles, loc="upper left", bbox_to_anchor=SCATTER_LEGEND_AT, title=legend_title
+        handles=handles, loc="upper left", bbox_to_anchor=SCATTER_LEGEND_AT, title=title
     )
     _fit_legend(fig, ax, legend)
-    return fig
+
+
+def _scatter_input(
+    z: ArrayLike, labels: ArrayLike, *, n_classes: int, max_points: int | None
+) -> tuple[Tensor, Tensor]:
+    """:func:`latent_scatter`'s ``z`` as float64 ``(N, d)`` and ``labels`` as long ``(N,)``
+    class indices, or a ``ValueError`` saying what is wrong."""
+    z = _as_tensor(z)
+    labels = _as_tensor(labels)
+    if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
+        raise ValueError(f"z must have shape (N, d) with N, d ≥ 1, got {tuple(z.shape)}")
+    n = z.shape[0]
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+        raise ValueError("labels must be integer class indices")
+    labels = labels.to(torch.long)
+    if bool(((labels < 0) | (labels >= n_classes)).any()):
+        raise ValueError(f"labels must lie in [0, {n_classes}) (one per class name)")
+    if max_points is not None and max_points < 1:
+        raise ValueError(f"max_points must be ≥ 1, got {max_points}")
+    return z.to(torch.float64), labels
+
+
+def _scatter_plane(
+    ax: Axes,
+    z: Tensor,
+    labels: Tensor,
+    *,
+    class_names: Sequence[str],
+    generator: torch.Generator,
+) -> tuple[Tensor, str]:
+    """The plotted coordinates ``(N, 2)`` of :func:`latent_scatter` (d = 1: a jittered strip,
+    d = 2: z, d > 2: the PCA plane) with ``ax``'s labels set, and the title's added line."""
+    n, d = z.shape
+    if d == 1:
+        jitter = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 0.6
+        ax.set(xlabel="z₁", ylabel="class (jittered)")
+        ax.set_yticks(range(len(class_names)), labels=list(class_names))
+        return torch.stack([z[:, 0], labels.to(torch.float64) + jitter], dim=1), ""
+    ax.set_aspect("equal", adjustable="datalim")
+    if d == 2:
+        ax.set(xlabel="z₁", ylabel="z₂")
+        return z, ""
+    pca = pca_2d(z)
+    pct = (100 * pca.explained_variance_ratio).tolist()
+    ax.set(xlabel=f"PC₁ ({pct[0]:.1f} % var.)", ylabel=f"PC₂ ({pct[1]:.1f} % var.)")
+    return pca.proj, f"\nPCA projection of the {d}-D latent ({sum(pct):.1f} % of variance)"
 
 
 def _fit_legend(fig: Figure, ax: Axes, legend: Legend) -> None:
@@ -590,7 +613,6 @@ def save_png(obj: Figure | Tensor, path: str | Path) -> Path:
       floats rounded to the nearest of 256 levels (torchvision ``save_image``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(obj, Figure):
         obj = figure_to_tensor(obj)
     if not isinstance(obj, Tensor):
@@ -600,5 +622,6 @@ def save_png(obj: Figure | Tensor, path: str | Path) -> Path:
     if img.ndim != 3 or img.shape[0] not in (1, 3):
         raise ValueError(f"image tensor must be (C, H, W) with C in (1, 3), got {tuple(obj.shape)}")
     img = img.to(torch.float32) / 255.0 if img.dtype == torch.uint8 else img
-    save_image(_as_images(img[None], name="image")[0], path, format="png")
+    with atomic_file(path, what=f"the figure {path.name}") as f:  # never a cut PNG, nor a link
+        save_image(_as_images(img[None], name="image")[0], f, format="png")
     return path
