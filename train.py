@@ -40,5 +40,22 @@ def main(cfg: DictConfig) -> float | None:
     return run_cli(cfg)
 
 
+def _prepare_argv() -> None:
+    """Hydra's composition errors as our one ``error:`` line, exit 2; ``logger=null`` as no logger."""
+    from pathlib import Path
+
+    from vae.errors import UserError
+    from vae.train.cli import prepare_overrides
+
+    try:
+        sys.argv[1:] = prepare_overrides(
+            sys.argv[1:], config_dir=Path(__file__).parent / "configs", config_name="train"
+        )
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    _prepare_argv()
     main()

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import CONFIG_DIR, compose_config
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from vae.train.callbacks import EpochTimer, RoundedProgressBar
+from vae.train.callbacks import EpochTimer, ParameterSummary, RoundedProgressBar
 from vae.train.config import validate_config
 from vae.train.data import MNISTDataModule
 from vae.train.run import _instantiate_all, build_module
@@ -103,6 +103,8 @@ def test_callbacks_and_logger_instantiate(tmp_path: Path) -> None:
         EpochTimer,
         RoundedProgressBar,
         ExplorerWriter,
+        LearningRateMonitor,
+        ParameterSummary,
     }
     checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     assert checkpoint.monitor == "val/loss"

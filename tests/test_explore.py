@@ -563,6 +563,7 @@ def test_hover_shows_the_decoded_image_at_the_cursor(default_page: tuple) -> Non
         expected = _decode_reference(module, z).reshape(28, 28).numpy()
         assert np.abs(shown - expected).max() <= 0.5 / 255 + 1e-6  # one 8-bit rounding
         assert "z₁ =" in page.text("#cursor-z")
+        assert "; z = (" not in page.text("#cursor-z")  # a 2-D latent on its axes: said once
         assert "ms" in page.text("#decode-ms")
     assert not np.array_equal(before, page.canvas("#cursor-img"))
     # the cursor's z is the plane point under the mouse
@@ -980,3 +981,28 @@ def test_cli_full_disk_while_writing_the_page_is_one_line_and_keeps_the_old_page
     )
     assert out.read_text() == "the previous page"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["page.html"]
+
+
+def test_at_800_px_the_decoded_image_stays_beside_the_plane_above_the_fold(
+    default_page: tuple,
+) -> None:
+    page, module, _, _ = default_page
+    try:
+        page.page.set_viewport_size({"width": 800, "height": 600})
+        plane, image = page.box("#plane"), page.box("#cursor-img")
+        assert plane["x"] + plane["width"] <= image["x"]  # beside, not below
+        assert image["x"] + image["width"] <= 800
+        assert image["y"] + image["height"] <= 600
+        assert plane["width"] == pytest.approx(plane["height"])  # the plane keeps its aspect
+        # the pointer is mapped through the displayed size: hover decodes the point under it
+        page.page.mouse.move(plane["x"] + 0.3 * plane["width"], plane["y"] + 0.4 * plane["height"])
+        u, v = page.js("explorer.cursor.uv")
+        px, py = page.js(f"explorer.toPx({u}, {v})")
+        assert abs(px / 600 - 0.3) < 2 / plane["width"]
+        assert abs(py / 600 - 0.4) < 2 / plane["width"]
+        z = torch.tensor([page.js("explorer.cursor.z")], dtype=torch.float32)
+        shown = _shown_image(page.canvas("#cursor-img"))
+        expected = _decode_reference(module, z).reshape(28, 28).numpy()
+        assert np.abs(shown - expected).max() <= 0.5 / 255 + 1e-6
+    finally:
+        page.page.set_viewport_size({"width": 1400, "height": 900})

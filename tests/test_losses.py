@@ -5,13 +5,20 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import scipy.special
 import scipy.stats
 import torch
-from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import (
+    Categorical,
+    Independent,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
 
 from vae.kl import (
     GaussianKLLoss,
@@ -332,18 +339,45 @@ def test_mvn_kl_gradcheck_and_errors():
 # ------------------------------------------------------------------------------------------
 
 
-def test_gaussian_kl_loss_reductions_and_beta():
+def torch_reduction(per_element: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``reduction`` applied to ``per_element`` by torch.nn.KLDivLoss itself: with log_target=True
+    its pointwise loss is exp(target) · (target − input), so target 0 and input −x give x back."""
+    loss = torch.nn.KLDivLoss(reduction=reduction, log_target=True)
+    with warnings.catch_warnings():  # torch warns that its 'mean' is not the KL; so do we
+        warnings.simplefilter("ignore", UserWarning)
+        return loss(-per_element, torch.zeros_like(per_element))
+
+
+@pytest.mark.parametrize("shape", [(16, 4), (2, 16, 4), (4,)])
+def test_gaussian_kl_loss_reductions_are_torchs(shape):
     gen = torch.Generator().manual_seed(20)
+    mu, logvar = torch.randn(2, *shape, generator=gen, dtype=F64)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    per_element = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu)))
+    for reduction in ("none", "sum", "mean", "batchmean"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            loss = GaussianKLLoss(reduction=reduction)
+        expected = torch_reduction(per_element, reduction)
+        if reduction == "batchmean" and len(shape) == 1:
+            expected = per_element.sum()  # a (d,) input is one sample (torch would divide by d)
+        torch.testing.assert_close(loss(mu, logvar), expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(loss(q), expected, rtol=1e-12, atol=1e-12)  # a Normal
+        torch.testing.assert_close(loss(Independent(q, 1)), expected, rtol=1e-12, atol=1e-12)
+        loss.beta = 0.25
+        torch.testing.assert_close(loss(mu, logvar), 0.25 * expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gaussian_kl_loss_default_is_the_kl_per_sample_and_mean_warns():
+    gen = torch.Generator().manual_seed(21)
     mu, logvar = torch.randn(2, 16, 4, generator=gen)
     per_sample = gaussian_kl(mu, logvar)
+    # the default: the KL per sample, batch mean (what reduction='mean' meant in vae 0.1.0)
+    assert GaussianKLLoss().reduction == "batchmean"
     torch.testing.assert_close(GaussianKLLoss()(mu, logvar), per_sample.mean())
-    torch.testing.assert_close(GaussianKLLoss(reduction="sum")(mu, logvar), per_sample.sum())
-    torch.testing.assert_close(GaussianKLLoss(reduction="none")(mu, logvar), per_sample)
-    for reduction in ("mean", "sum", "none"):
-        plain = GaussianKLLoss(reduction=reduction)(mu, logvar)
-        torch.testing.assert_close(
-            GaussianKLLoss(reduction=reduction, beta=0.25)(mu, logvar), 0.25 * plain
-        )
+    with pytest.warns(UserWarning, match="number of latent dimensions.*'batchmean'"):
+        mean = GaussianKLLoss(reduction="mean")
+    torch.testing.assert_close(mean(mu, logvar), per_sample.mean() / 4)
     assert GaussianKLLoss(beta=0.0)(mu, logvar).item() == 0.0
     # free_bits=0 is exactly the plain KL; β can be changed between steps (annealing)
     loss = GaussianKLLoss(free_bits=0.0)
@@ -368,6 +402,13 @@ def test_gaussian_kl_loss_free_bits_by_hand():
     torch.testing.assert_close(mu.grad[:, 1], torch.tensor([1.0, 2.0], dtype=F64))
     sum_loss = GaussianKLLoss(reduction="sum", free_bits=0.5, beta=2.0)
     assert sum_loss(mu, logvar).item() == pytest.approx(2.0 * 2 * 5.5, abs=1e-12)
+    # torch's 'mean' divides the sum by every element: 2 samples × 2 dimensions
+    with pytest.warns(UserWarning, match="number of latent dimensions"):
+        mean_loss = GaussianKLLoss(reduction="mean", free_bits=0.5)
+    assert mean_loss(mu, logvar).item() == pytest.approx(2 * 5.5 / 4, abs=1e-12)
+    # a posterior as a distribution: the same 5.5 nats
+    q = Independent(Normal(mu.detach(), torch.ones(2, 2, dtype=F64)), 1)
+    assert loss(q).item() == pytest.approx(5.5, abs=1e-12)
     # λ below every dimension's KL: free bits change nothing
     torch.testing.assert_close(
         GaussianKLLoss(free_bits=0.01)(mu, logvar), gaussian_kl(mu, logvar).mean()
@@ -379,7 +420,9 @@ def test_gaussian_kl_loss_free_bits_by_hand():
 
 
 def test_gaussian_kl_loss_argument_errors():
-    with pytest.raises(ValueError, match=r"reduction must be one of 'mean', 'sum', 'none'"):
+    with pytest.raises(
+        ValueError, match=r"reduction must be one of 'none', 'batchmean', 'sum', 'mean'"
+    ):
         GaussianKLLoss(reduction="avg")
     with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
         GaussianKLLoss(beta=-0.1)
@@ -387,7 +430,7 @@ def test_gaussian_kl_loss_argument_errors():
         GaussianKLLoss(free_bits=-1.0)
     with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
         GaussianKLLoss(beta=float("nan"))
-    with pytest.raises(ValueError, match="free_bits > 0 needs reduction='mean' or 'sum'"):
+    with pytest.raises(ValueError, match="free_bits > 0 needs reduction='batchmean', 'sum' or"):
         GaussianKLLoss(reduction="none", free_bits=0.5)
     loss = GaussianKLLoss(free_bits=0.5)
     with pytest.raises(ValueError, match="free_bits > 0 needs"):
@@ -397,6 +440,15 @@ def test_gaussian_kl_loss_argument_errors():
     with pytest.raises(TypeError):
         GaussianKLLoss("sum")  # keyword-only
     assert "free_bits=0.5" in repr(loss)
+    with pytest.raises(TypeError, match="prior is N"):
+        loss(Normal(torch.zeros(2), torch.ones(2)), torch.zeros(2))
+    with pytest.raises(TypeError, match="use mvn_kl"):
+        loss(MultivariateNormal(torch.zeros(2), torch.eye(2)))
+    with pytest.raises(TypeError, match="logvar is missing"):
+        loss(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="mu contains NaN"):
+        loss(torch.tensor([[0.0, float("nan")]]), torch.zeros(1, 2))
+    assert GaussianKLLoss(validate=False)(torch.tensor([[float("nan")]]), torch.zeros(1, 1)).isnan()
 
 
 # ------------------------------------------------------------------------------------------
@@ -516,7 +568,7 @@ def test_discrete_functions_preserve_dtype():
         ([0.5, 0.5, 0.0], [0.3, 0.3, 0.5], "q does not sum to 1"),
         ([0.5, float("nan"), 0.5], [0.3, 0.3, 0.4], "p contains NaN"),
         ([0.5, 0.5, 0.0], [float("inf"), 0.3, 0.4], "q contains infinite entries"),
-        ([0.5, 0.5], [0.3, 0.3, 0.4], r"same shape \(no broadcasting\), got \(2,\) and \(3,\)"),
+        ([0.5, 0.5], [0.3, 0.3, 0.4], r"p and q do not broadcast: shapes \(2,\) and \(3,\)"),
         ([], [], "p is empty"),
     ],
 )
@@ -533,8 +585,11 @@ def test_discrete_validation_details():
         entropy(torch.tensor(1.0))
     with pytest.raises(ValueError, match="p is empty"):
         entropy(torch.zeros(3, 0))
-    with pytest.raises(ValueError, match=r"same shape"):  # no silent broadcasting
-        cross_entropy(ok.expand(2, 3), ok)
+    # torch's broadcasting, also along the outcomes: a (2, 1) q is one value repeated, no pmf
+    with pytest.raises(ValueError, match="q does not sum to 1"):
+        cross_entropy(ok.expand(2, 3), torch.ones(2, 1))
+    with pytest.raises(ValueError, match="p and logits do not broadcast"):
+        cross_entropy(ok, logits=torch.zeros(2))
     with pytest.raises(TypeError, match="floating-point"):
         entropy(torch.tensor([1, 0]))
     for bad_base in (1, 0, -2.0, float("inf"), float("nan")):
@@ -608,8 +663,10 @@ def test_smoothed_errors():
     for bad in (0.0, -1e-3, float("nan")):
         with pytest.raises(ValueError, match="eps must be a finite number > 0"):
             smoothed(p, q, bad)
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=r"do not broadcast: shapes \(4,\) and \(3,\)"):
         smoothed(p, q[:3])
+    with pytest.raises(TypeError, match=r"q must be a torch\.Tensor"):
+        smoothed(p, Categorical(q))
 
 
 def test_public_api_is_importable_from_the_package_without_heavy_imports():
@@ -649,10 +706,10 @@ def test_empty_batch_sums_to_zero_and_a_mean_over_it_is_an_error():
         out.backward()
         assert mu.grad.shape == (0, 3)
         assert loss.reduce(torch.zeros(0, 3)).item() == 0.0
-    assert GaussianKLLoss(reduction="none")(mu, logvar).shape == (0,)
+    assert GaussianKLLoss(reduction="none")(mu, logvar).shape == (0, 3)
     assert gaussian_kl(mu, logvar).shape == (0,)
     assert gaussian_kl_per_dim(mu, logvar).shape == (0, 3)
-    message = r"reduction='mean'\) got an empty batch \(shape \(0, 3\)\).*reduction='sum'"
+    message = r"reduction='batchmean'\) got an empty batch \(shape \(0, 3\)\).*reduction='sum'"
     for loss in (GaussianKLLoss(), GaussianKLLoss(free_bits=0.5)):
         with pytest.raises(ValueError, match=message):
             loss(mu, logvar)
@@ -834,3 +891,169 @@ def test_validation_under_compile_fullgraph_and_vmap_says_to_pass_validate_false
     torch.testing.assert_close(partial(p, q), eager)
     with pytest.raises(ValueError, match="p does not sum to 1"):
         partial(torch.tensor([[0.2, 0.9], [0.5, 0.5]]), q)
+
+
+# ------------------------------------------------------------------------------------------
+# One set of manners: torch.distributions objects, logits by keyword, torch's broadcasting,
+# validate= everywhere
+# ------------------------------------------------------------------------------------------
+
+
+def test_gaussian_functions_take_normal_and_independent_normal_as_kl_divergence_does():
+    gen = torch.Generator().manual_seed(30)
+    mu, logvar = torch.randn(2, 32, 6, generator=gen, dtype=F64) * 2
+    prior_mu, prior_logvar = torch.randn(2, 6, generator=gen, dtype=F64)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    p = Normal(prior_mu, torch.exp(0.5 * prior_logvar))  # (6,) against (32, 6): broadcast
+    std = Normal(torch.zeros(6, dtype=F64), torch.ones(6, dtype=F64))
+    tight = {"rtol": 1e-12, "atol": 1e-12}
+    # Normal: per element as kl_divergence; gaussian_kl sums the last (latent) dimension
+    torch.testing.assert_close(gaussian_kl_per_dim(q, p), kl_divergence(q, p), **tight)
+    torch.testing.assert_close(gaussian_kl_per_dim(q), kl_divergence(q, std), **tight)
+    both = kl_divergence(Independent(q, 1), Independent(p, 1))
+    torch.testing.assert_close(gaussian_kl(q, p), both, **tight)
+    # Independent(Normal): kl_divergence exactly, also with two event dimensions
+    torch.testing.assert_close(gaussian_kl(Independent(q, 1), Independent(p, 1)), both, **tight)
+    q2, p2 = Independent(q, 2), Independent(Normal(prior_mu.expand(32, 6), p.scale), 2)
+    torch.testing.assert_close(gaussian_kl(q2, p2), kl_divergence(q2, p2), **tight)
+    assert gaussian_kl(q2).shape == ()
+    # and the tensor form gives the same numbers
+    torch.testing.assert_close(gaussian_kl(q, p), gaussian_kl(mu, logvar, prior_mu, prior_logvar))
+    with pytest.raises(TypeError, match="use mvn_kl"):
+        gaussian_kl(MultivariateNormal(mu, torch.eye(6, dtype=F64)))
+    with pytest.raises(TypeError, match="pass the prior as a distribution too"):
+        gaussian_kl(q, None, prior_mu)
+    with pytest.raises(TypeError, match="logvar is required"):
+        gaussian_kl(mu)
+
+
+def test_mvn_kl_takes_multivariate_normal_objects():
+    gen = torch.Generator().manual_seed(31)
+    q = MultivariateNormal(
+        torch.randn(5, 3, generator=gen, dtype=F64), scale_tril=random_spd_tril(gen, 5, k=3)
+    )
+    p = MultivariateNormal(
+        torch.randn(3, generator=gen, dtype=F64), scale_tril=random_spd_tril(gen, k=3)
+    )
+    torch.testing.assert_close(mvn_kl(q, p), kl_divergence(q, p), rtol=1e-10, atol=1e-12)
+    std = MultivariateNormal(torch.zeros(3, dtype=F64), torch.eye(3, dtype=F64))
+    torch.testing.assert_close(mvn_kl(q), kl_divergence(q, std), rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="p must be a MultivariateNormal, got Normal"):
+        mvn_kl(q, Normal(0.0, 1.0))
+
+
+def test_discrete_functions_take_categorical_as_kl_divergence_does():
+    gen = torch.Generator().manual_seed(32)
+    p_logits = torch.randn(8, 5, generator=gen, dtype=F64)
+    p_logits[0, 2] = -math.inf  # an outcome p never takes
+    p, q = (
+        Categorical(logits=p_logits),
+        Categorical(logits=torch.randn(5, generator=gen, dtype=F64)),
+    )
+    torch.testing.assert_close(discrete_kl(p, q), kl_divergence(p, q), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(entropy(p), p.entropy(), rtol=1e-12, atol=1e-14)
+    # a Categorical built from probabilities with a zero where p is not: +inf, as kl_divergence
+    q0 = Categorical(probs=torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0], dtype=F64))
+    assert torch.isposinf(discrete_kl(p, q0)).all()
+    assert torch.isposinf(kl_divergence(p, q0)).all()
+    # H(p, q) = H(p) + KL(p ‖ q)
+    torch.testing.assert_close(cross_entropy(p, q), p.entropy() + kl_divergence(p, q))
+    with pytest.raises(ValueError, match="outcomes are the last dim: use dim=-1"):
+        discrete_kl(p, q, dim=0)
+
+
+def test_logits_by_keyword_match_torch_functional():
+    gen = torch.Generator().manual_seed(33)
+    p = torch.softmax(torch.randn(16, 10, generator=gen, dtype=F64), -1)
+    p[:, 3] = 0.0
+    p = p / p.sum(-1, keepdim=True)
+    z = torch.randn(16, 10, generator=gen, dtype=F64) * 3  # a model's logits
+    # F.cross_entropy takes the logits first, then class probabilities as the target
+    torch.testing.assert_close(
+        cross_entropy(p, logits=z), torch.nn.functional.cross_entropy(z, p, reduction="none")
+    )
+    kl_ref = torch.nn.functional.kl_div(z.log_softmax(-1), p, reduction="none").sum(-1)
+    torch.testing.assert_close(discrete_kl(p, logits=z), kl_ref)
+    torch.testing.assert_close(discrete_kl(p, logits=z), discrete_kl(p, torch.softmax(z, -1)))
+    torch.testing.assert_close(entropy(logits=z), Categorical(logits=z).entropy())
+    torch.testing.assert_close(cross_entropy(p, logits=z, base=2), cross_entropy(p, logits=z) / LN2)
+    # logits along another dim, and −inf logits (q = 0 exactly): +inf where p > 0, 0 where p = 0
+    torch.testing.assert_close(discrete_kl(p.T, logits=z.T, dim=0), kl_ref)
+    z_inf = z.clone()
+    z_inf[:, 3] = -math.inf
+    q_inf = torch.softmax(z_inf, -1)  # exactly 0 in column 3, where p is 0 too
+    ref_inf = scipy.stats.entropy(p.numpy(), q_inf.numpy(), axis=-1)
+    np.testing.assert_allclose(discrete_kl(p, logits=z_inf).numpy(), ref_inf, rtol=1e-12)
+    z_inf[0, 0] = -math.inf
+    assert torch.isposinf(discrete_kl(p, logits=z_inf)[0])
+    # gradients with respect to the logits are torch's: softmax(z) − p
+    zg = z.clone().requires_grad_()
+    discrete_kl(p, logits=zg).sum().backward()
+    torch.testing.assert_close(zg.grad, torch.softmax(z, -1) - p)
+    # a user passing logits where probabilities go is told so by validation, not given a number
+    with pytest.raises(ValueError, match="q has negative entries"):
+        cross_entropy(p, z)
+    with pytest.raises(TypeError, match="q \\(probabilities\\) or logits="):
+        cross_entropy(p, torch.softmax(z, -1), logits=z)
+    with pytest.raises(TypeError, match="p \\(probabilities\\) or logits="):
+        entropy()
+    for bad, message in (
+        (float("nan"), "logits contains NaN"),
+        (math.inf, r"logits contains \+inf"),
+    ):
+        zb = z.clone()
+        zb[2, 1] = bad
+        with pytest.raises(ValueError, match=message):
+            discrete_kl(p, logits=zb)
+    with pytest.raises(ValueError, match="-inf only"):
+        entropy(logits=torch.full((3,), -math.inf))
+
+
+def test_discrete_functions_broadcast_as_torch_does():
+    gen = torch.Generator().manual_seed(34)
+    p = torch.softmax(torch.randn(7, 5, generator=gen, dtype=F64), -1)
+    q = torch.softmax(torch.randn(5, generator=gen, dtype=F64), -1)
+    expanded = q.expand(7, 5)
+    assert torch.equal(discrete_kl(p, q), discrete_kl(p, expanded))
+    assert torch.equal(cross_entropy(p, q), cross_entropy(p, expanded))
+    assert torch.equal(discrete_kl(q, p), discrete_kl(expanded, p))
+    ref = scipy.stats.entropy(p.numpy(), q.numpy()[None].repeat(7, 0), axis=-1)
+    np.testing.assert_allclose(discrete_kl(p, q).numpy(), ref, rtol=1e-12)
+    sp, sq = smoothed(p, q)
+    assert sp.shape == sq.shape == (7, 5)
+
+
+def test_gaussian_functions_broadcast_as_torch_does():
+    gen = torch.Generator().manual_seed(35)
+    mu, logvar = torch.randn(2, 3, 1, 4, generator=gen, dtype=F64)
+    prior_mu = torch.randn(5, 4, generator=gen, dtype=F64)  # broadcasts to (3, 5, 4)
+    out = gaussian_kl(mu, logvar, prior_mu)
+    assert out.shape == (3, 5)
+    ref = gaussian_kl(mu.expand(3, 5, 4), logvar.expand(3, 5, 4), prior_mu.expand(3, 5, 4))
+    assert torch.equal(out, ref)
+
+
+NAN3 = torch.tensor([0.5, float("nan"), 0.5])
+U3 = torch.ones(3) / 3
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, v: gaussian_kl(x, torch.zeros(3), validate=v),
+        lambda x, v: gaussian_kl_per_dim(torch.zeros(3), torch.zeros(3), x, validate=v),
+        lambda x, v: mvn_kl(x, torch.eye(3), validate=v),
+        lambda x, v: GaussianKLLoss(validate=v)(x, torch.zeros(3)),
+        lambda x, v: GaussianKLLoss(validate=v).reduce(x),
+        lambda x, v: entropy(x, validate=v),
+        lambda x, v: cross_entropy(U3, logits=x, validate=v),
+        lambda x, v: discrete_kl(x, U3, validate=v),
+        lambda x, v: smoothed(U3, x, validate=v)[1],
+    ],
+    ids=["gaussian_kl", "per_dim", "mvn_kl", "loss", "reduce", "H", "H(p,q)", "KL", "smoothed"],
+)
+def test_every_function_validates_and_validate_false_skips(call):
+    with pytest.raises(ValueError, match="contains NaN"):
+        call(NAN3, True)
+    # validate=False: no check (no host sync): NaN in gives NaN out, nothing raised
+    assert call(NAN3, False).isnan().any()

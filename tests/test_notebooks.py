@@ -117,3 +117,17 @@ def test_latent_notebook_finds_the_repository_from_its_own_location(
         "root": str(tmp_path / "shared" / "datasets"),
         "download": False,
     }
+
+
+def test_the_dev_extra_can_execute_the_notebooks_as_the_readme_says() -> None:
+    """``jupyter nbconvert --execute`` (the README's command) needs nbconvert: in the dev extra."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nbconvert", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr

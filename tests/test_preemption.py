@@ -256,6 +256,7 @@ def test_the_lock_is_released_after_a_run_and_after_an_error(tmp_path: Path) -> 
                 output_dir=run_dir,
             )
         )
+    assert not (run_dir / ".lock").exists()  # an interrupted run removes it too
     with pytest.raises(ConfigError, match=r"was trained with data\.seed=0"):
         train(
             compose_config(
@@ -269,3 +270,4 @@ def test_the_lock_is_released_after_a_run_and_after_an_error(tmp_path: Path) -> 
             output_dir=run_dir,
         )
     )
+    assert not (run_dir / ".lock").exists()  # removed at the end: the run directory is clean

@@ -7,6 +7,7 @@ read what it printed and wrote; the rest compose configs or call the functions d
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -107,7 +108,7 @@ def cli_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Simpl
 
 
 def test_run_directory_says_what_the_run_is(cli_run: SimpleNamespace) -> None:
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_mlp-z2", cli_run.run_dir.name)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_mnist_mlp-z2", cli_run.run_dir.name)
 
 
 def test_stderr_has_no_warning_tip_or_banner(cli_run: SimpleNamespace) -> None:
@@ -162,6 +163,10 @@ def test_event_file_has_the_curated_hparams_and_no_hparams_scalars(
         content[hparams_metadata.SESSION_START_INFO_TAG]
     )
     assert [h.name for h in experiment.hparam_infos] == list(CURATED_KEYS)
+    # the trial's name: dataset, model and latent size first, then when it started (from the
+    # directory's name 2026-12-01_10-31-07_mnist_mlp-z2): short, and unique per run
+    d = re.fullmatch(r"\d{4}-(\d\d-\d\d)_(\d\d)-(\d\d)-(\d\d)_mnist_mlp-z2", cli_run.run_dir.name)
+    assert start.group_name == f"mnist_mlp-z2 {d[1]} {d[2]}:{d[3]}:{d[4]}"
     # the five TensorBoard displays first (it sorts by differs, then by name)
     assert [h.name for h in experiment.hparam_infos if h.differs] == sorted(
         SHOWN_FIRST, key=CURATED_KEYS.index
@@ -180,3 +185,38 @@ def test_event_file_has_the_curated_hparams_and_no_hparams_scalars(
     assert [m.name.tag for m in experiment.metric_infos] == list(HPARAM_METRICS)
     for tag in HPARAM_METRICS:
         assert acc.Scalars(tag)[-1].value == pytest.approx(metrics[tag], rel=1e-6), tag
+
+
+def test_model_summary_lists_the_layers_with_parameters_and_no_flops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from lightning.pytorch.utilities.model_summary import summarize
+
+    from vae.train.callbacks import ParameterSummary
+    from vae.train.module import VAEModule
+
+    module = VAEModule()
+    summary = summarize(module, max_depth=1)
+    assert "kl_objective" in summary.layer_names  # what Lightning's own summary lists
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.callbacks.model_summary"):
+        ParameterSummary.summarize(
+            summary._get_summary_data(),
+            summary.total_parameters,
+            summary.trainable_parameters,
+            summary.model_size,
+            summary.total_training_modes,
+            total_flops=0,
+        )
+    table = caplog.records[-1].getMessage()
+    rows = [line.split("|") for line in table.splitlines() if line.count("|") >= 3]
+    names = [r[1].strip() for r in rows[1:]]
+    assert names == [
+        n
+        for n in summary.layer_names
+        if any(p.numel() for p in module.get_submodule(n).parameters())
+    ]
+    assert names == ["vae"]
+    assert "FLOPs" not in table
+    assert "Flops" not in table
+    total = sum(p.numel() for p in module.parameters())
+    assert total == summary.total_parameters

@@ -183,8 +183,9 @@ def test_multirun_sweeps_latent_dims(tmp_path: Path) -> None:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for job, latent_dim in ((0, 1), (1, 3)):
-        # the job's directory says what it is: <job number>_<architecture>-z<latent_dim>
-        summary = json.loads((sweep / f"{job}_mlp-z{latent_dim}" / "metrics.json").read_text())
+        # the job's directory says what it is: <job number>_<dataset>_<architecture>-z<latent_dim>
+        job_dir = sweep / f"{job}_mnist_mlp-z{latent_dim}"
+        summary = json.loads((job_dir / "metrics.json").read_text())
         assert summary["metrics"][f"test/kl_dim/{latent_dim - 1}"] >= 0
         assert f"test/kl_dim/{latent_dim}" not in summary["metrics"]
 

@@ -760,3 +760,17 @@ def test_only_global_rank_zero_draws_or_writes(tmp_path: Path) -> None:
     assert steps == []
     assert not list(tmp_path.glob("*.png"))
     assert not list(tmp_path.rglob("projector_config.pbtxt"))
+
+
+def test_help_describes_every_option_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from vae.viz.figures import FigureOptions, main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for option in ("grid_size", "n_samples", "n_reconstructions", "interpolation_steps", "seed"):
+        flag = "--" + option.replace("_", "-")
+        default = getattr(FigureOptions(), option)
+        assert re.search(rf"{flag} \S+ [^-]+\(default: {default}\)", text), option
+    assert "--device DEVICE where the model runs: cpu, cuda or mps (default: cpu)" in text

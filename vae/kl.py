@@ -11,15 +11,30 @@ Discrete (probability vectors along ``dim``; unit chosen by ``base``: e → nats
 * :func:`entropy`, :func:`cross_entropy`, :func:`discrete_kl`
 * :func:`smoothed`: ε-smoothing so that distributions with different supports get a finite KL.
 
+One set of manners for all of them, torch's:
+
+* **Shapes broadcast** as torch broadcasts them (a (d,) prior against (B, d) posteriors, one q
+  against a batch of p); nothing is reduced over the batch: every function returns one value per
+  sample (per element for the ``_per_dim`` one), and :class:`GaussianKLLoss` reduces with
+  ``torch.nn.KLDivLoss``'s reduction names and meanings ('none', 'batchmean', 'sum', 'mean').
+* **torch.distributions objects** are accepted where tensors describe one: ``gaussian_kl(q, p)``
+  with ``Normal`` / ``Independent(Normal)``, ``mvn_kl(q, p)`` with ``MultivariateNormal``,
+  ``discrete_kl(p, q)`` with ``Categorical``; each equals ``torch.distributions.kl_divergence``,
+  with ``p=None`` meaning N(0, I) for the Gaussians.
+* **Logits by keyword**, where torch users pass them: ``cross_entropy(p, logits=z)``,
+  ``discrete_kl(p, logits=z)``, ``entropy(logits=z)``.
+* **validate=** (keyword-only, default True) on every function: one host sync that checks the
+  inputs' values (NaN; for probabilities also negatives and sums ≠ 1; zero Cholesky diagonals).
+  It cannot run inside ``torch.compile(fullgraph=True)`` or ``torch.func.vmap``: pass
+  ``validate=False`` there (the error says so), and in hot loops.
+
 Every function keeps the device of its inputs and returns their (promoted) floating dtype. The
 Gaussian functions compute float16 and bfloat16 inputs in float32 (:func:`_compute_dtypes`) and
 round the result once: float16 cannot hold e^{logvar} for logvar > 11.09. No silent NaN: an empty
 batch gives an empty result or a sum of 0 (a mean over no samples is a ``ValueError``),
 ``logvar = ±inf`` gives +inf, and inputs that would give inf or NaN by accident (a Cholesky factor
-with a zero on its diagonal; with ``validate=True``, probabilities that are not a distribution)
-raise a ``ValueError``. The value checks read tensors on the host: inside
-``torch.compile(fullgraph=True)`` or ``torch.func.vmap`` pass ``validate=False`` (the error says
-so). NaN inputs give NaN.
+with a zero on its diagonal, NaN, probabilities that are not a distribution) raise a
+``ValueError`` when ``validate``; with ``validate=False`` NaN inputs give NaN.
 Conventions for zero probabilities follow Cover & Thomas, *Elements of Information Theory*
 (2nd ed., 2006), §2.3: 0 log(0/q) = 0 (also for q = 0) and p log(p/0) = +∞ for p > 0.
 """
@@ -27,10 +42,12 @@ Conventions for zero probabilities follow Cover & Thomas, *Elements of Informati
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Real
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Independent, MultivariateNormal, Normal
 
 __all__ = [
     "GaussianKLLoss",
@@ -133,18 +150,35 @@ def _any_on_host(flags: Tensor) -> bool:
         raise RuntimeError(hint) from err
 
 
+def _check_no_nan(named: dict[str, Tensor | None]) -> None:
+    """ValueError naming the first input that contains NaN (one host sync for all of them)."""
+    given = {k: t for k, t in named.items() if t is not None and t.numel()}
+    if not given or not _any_on_host(torch.stack([t.isnan().any() for t in given.values()])):
+        return
+    name = next(k for k, t in given.items() if t.isnan().any())
+    raise ValueError(f"{name} contains NaN")
+
+
 # --------------------------------------------------------------------------------------------
 # Gaussian
 # --------------------------------------------------------------------------------------------
 
 
 def gaussian_kl_per_dim(
-    mu: Tensor,
-    logvar: Tensor,
+    mu: Tensor | Distribution,
+    logvar: Tensor | Distribution | None = None,
     prior_mu: Tensor | None = None,
     prior_logvar: Tensor | None = None,
+    *,
+    validate: bool = True,
 ) -> Tensor:
     r"""Per-dimension KL(N(mu, exp(logvar)) ‖ N(prior_mu, exp(prior_logvar))) in nats.
+
+    Also ``gaussian_kl_per_dim(q)`` and ``gaussian_kl_per_dim(q, p)`` with ``torch.distributions``
+    objects, as ``kl_divergence(q, p)`` takes them: ``q`` a ``Normal`` or ``Independent(Normal)``,
+    ``p`` one of those or ``None`` (N(0, I)). The result then has the shape of ``q``'s batch and
+    event dimensions together (one value per scalar Gaussian), i.e. ``kl_divergence(q.base_dist,
+    p.base_dist)`` for ``Independent``.
 
     Each dimension is an independent univariate Gaussian, so the KL of the diagonal Gaussian is
     the sum of these terms (see :func:`gaussian_kl`). With Δ = logvar − prior_logvar:
@@ -169,26 +203,37 @@ def gaussian_kl_per_dim(
     prior argument (e.g. ``mu = prior_mu = inf``) is undefined and gives NaN.
 
     Args:
-        mu: posterior means, shape (..., d).
-        logvar: posterior log-variances ln σ² (natural log), shape broadcastable with ``mu``.
+        mu: posterior means, shape (..., d); or the posterior as a distribution (see above).
+        logvar: posterior log-variances ln σ² (natural log), shape broadcastable with ``mu``; or,
+            when ``mu`` is a distribution, the prior as one (``None``: N(0, I)).
         prior_mu: prior means, broadcastable with ``mu``, e.g. (d,) against (B, d).
             ``None`` means 0.
         prior_logvar: prior log-variances, broadcastable likewise. ``None`` means 0 (unit variance).
+        validate: check that no input is NaN (one host sync), as every function of this module
+            checks its inputs' values; pass False in hot loops, inside
+            ``torch.compile(fullgraph=True)`` or ``torch.func.vmap`` (keyword-only).
 
     Returns:
         Tensor of shape ``broadcast(mu, logvar, prior_mu, prior_logvar)``: nothing is reduced.
         Values in nats, ≥ 0, in the inputs' promoted dtype.
 
     Raises:
-        TypeError: an argument is not a floating-point tensor.
-        ValueError: the shapes do not broadcast, or an argument is 0-dimensional.
+        TypeError: an argument is not a floating-point tensor, or a distribution of another kind.
+        ValueError: the shapes do not broadcast, an argument is 0-dimensional, or (when
+            ``validate``) an input contains NaN.
     """
-    kl, dtype = _gaussian_kl_per_dim(mu, logvar, prior_mu, prior_logvar)
+    params, _ = _gaussian_args(mu, logvar, prior_mu, prior_logvar)
+    kl, dtype = _gaussian_kl_per_dim(*params, validate=validate)
     return _as(kl, dtype)
 
 
 def _gaussian_kl_per_dim(
-    mu: Tensor, logvar: Tensor, prior_mu: Tensor | None, prior_logvar: Tensor | None
+    mu: Tensor,
+    logvar: Tensor,
+    prior_mu: Tensor | None,
+    prior_logvar: Tensor | None,
+    *,
+    validate: bool,
 ) -> tuple[Tensor, torch.dtype]:
     """:func:`gaussian_kl_per_dim` in the compute dtype (float32 for half inputs), and the dtype
     to return, so that callers reducing it (:func:`gaussian_kl`, :class:`GaussianKLLoss`) sum
@@ -204,6 +249,8 @@ def _gaussian_kl_per_dim(
     except RuntimeError as err:
         shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in given.items())
         raise ValueError(f"shapes do not broadcast: {shapes}") from err
+    if validate:
+        _check_no_nan(given)
     dtype, compute = _compute_dtypes(mu, logvar, prior_mu, prior_logvar)
     mu, logvar = _as(mu, compute), _as(logvar, compute)  # the same tensors unless half precision
 
@@ -223,10 +270,12 @@ def _gaussian_kl_per_dim(
 
 
 def gaussian_kl(
-    mu: Tensor,
-    logvar: Tensor,
+    mu: Tensor | Distribution,
+    logvar: Tensor | Distribution | None = None,
     prior_mu: Tensor | None = None,
     prior_logvar: Tensor | None = None,
+    *,
+    validate: bool = True,
 ) -> Tensor:
     r"""KL(N(mu, diag e^{logvar}) ‖ N(prior_mu, diag e^{prior_logvar})) in nats.
 
@@ -236,23 +285,73 @@ def gaussian_kl(
     (Kingma & Welling 2013, appendix B). An empty batch ``(0, d)`` gives shape ``(0,)``; ``d = 0``
     gives 0 (a sum over no dimensions).
 
+    ``gaussian_kl(q, p)`` takes ``torch.distributions`` objects as :func:`gaussian_kl_per_dim`
+    does and sums over ``q``'s event dimensions: for ``Independent(Normal, n)`` it equals
+    ``kl_divergence(q, p)``; a plain ``Normal`` of shape (..., d) is read as d independent latent
+    dimensions, its last one summed (``kl_divergence(Independent(q, 1), Independent(p, 1))``).
+
     Args:
-        mu: posterior means, shape (..., d).
-        logvar: posterior log-variances ln σ², broadcastable with ``mu``.
+        mu: posterior means, shape (..., d); or the posterior as a distribution.
+        logvar: posterior log-variances ln σ², broadcastable with ``mu``; or the prior as a
+            distribution when ``mu`` is one (``None``: N(0, I)).
         prior_mu: prior means, broadcastable (e.g. (d,) against (B, d)); ``None`` means 0.
         prior_logvar: prior log-variances, broadcastable; ``None`` means 0.
+        validate: as in :func:`gaussian_kl_per_dim` (keyword-only).
 
     Returns:
         Tensor of shape ``broadcast(...)[:-1]`` (the batch shape): the last dimension is summed.
         Nats, ≥ 0, in the inputs' promoted dtype.
     """
-    kl, dtype = _gaussian_kl_per_dim(mu, logvar, prior_mu, prior_logvar)
-    return _as(kl.sum(dim=-1), dtype)
+    params, event_dims = _gaussian_args(mu, logvar, prior_mu, prior_logvar)
+    kl, dtype = _gaussian_kl_per_dim(*params, validate=validate)
+    return _as(kl.sum(dim=tuple(range(-max(event_dims, 1), 0))), dtype)
+
+
+def _normal_params(name: str, d: Distribution) -> tuple[Tensor, Tensor, int]:
+    """(mean, log-variance, number of event dimensions) of a ``Normal`` or
+    ``Independent(Normal)``."""
+    if isinstance(d, Independent) and isinstance(d.base_dist, Normal):
+        base = d.base_dist
+        return base.loc, 2.0 * base.scale.log(), d.reinterpreted_batch_ndims
+    if isinstance(d, Normal):
+        return d.loc, 2.0 * d.scale.log(), 0
+    other = "mvn_kl" if isinstance(d, MultivariateNormal) else "a Normal or Independent(Normal)"
+    raise TypeError(
+        f"{name} must be a Normal or Independent(Normal) here, got {type(d).__name__}; use {other}"
+    )
+
+
+def _gaussian_args(
+    mu: Tensor | Distribution,
+    logvar: Tensor | Distribution | None,
+    prior_mu: Tensor | None,
+    prior_logvar: Tensor | None,
+) -> tuple[tuple[Tensor, Tensor, Tensor | None, Tensor | None], int]:
+    """The four tensors of the Gaussian functions and the number of event dimensions to sum, from
+    either call form: tensors ``(mu, logvar, prior_mu, prior_logvar)`` or distributions ``(q, p)``.
+    """
+    if not isinstance(mu, Distribution):
+        if logvar is None:
+            raise TypeError("logvar is required when mu is a tensor (or pass a Normal as mu)")
+        if isinstance(logvar, Distribution):
+            raise TypeError("a prior distribution needs the posterior as one too: (q, p)")
+        return (mu, logvar, prior_mu, prior_logvar), 1
+    if prior_mu is not None or prior_logvar is not None:
+        raise TypeError(
+            "with a distribution as the posterior, pass the prior as a distribution too: (q, p)"
+        )
+    q_mu, q_logvar, event_dims = _normal_params("q", mu)
+    if logvar is None:
+        return (q_mu, q_logvar, None, None), event_dims
+    if not isinstance(logvar, Distribution):
+        raise TypeError(f"the prior must be a distribution or None, got {type(logvar).__name__}")
+    p_mu, p_logvar, _ = _normal_params("p", logvar)
+    return (q_mu, q_logvar, p_mu, p_logvar), event_dims
 
 
 def mvn_kl(
-    mu: Tensor,
-    scale_tril: Tensor,
+    mu: Tensor | MultivariateNormal,
+    scale_tril: Tensor | MultivariateNormal | None = None,
     prior_mu: Tensor | None = None,
     prior_scale_tril: Tensor | None = None,
     *,
@@ -273,10 +372,13 @@ def mvn_kl(
     makes Σ (or Σ₀) singular, where the KL is +inf or undefined (∞ − ∞), so it is rejected
     rather than returned as inf/NaN. float16 / bfloat16 inputs are computed in float32 and the
     result rounded to their dtype. An empty batch, e.g. mu ``(0, k)``, gives shape ``(0,)``.
+    ``mvn_kl(q)`` and ``mvn_kl(q, p)`` take ``MultivariateNormal`` objects (their ``loc`` and
+    ``scale_tril``), as ``kl_divergence(q, p)`` does; ``p=None`` is N(0, I).
 
     Args:
-        mu: means, shape (..., k).
-        scale_tril: lower-triangular Cholesky factors L of the covariance Σ = L Lᵀ, (..., k, k).
+        mu: means, shape (..., k); or q, a ``MultivariateNormal``.
+        scale_tril: lower-triangular Cholesky factors L of the covariance Σ = L Lᵀ, (..., k, k);
+            or p, a ``MultivariateNormal`` or ``None``, when ``mu`` is a distribution.
         prior_mu: prior means, (..., k), broadcastable; ``None`` means 0.
         prior_scale_tril: prior Cholesky factors, (..., k, k), broadcastable; ``None`` means I.
         validate: check that the diagonals are nonzero (one host sync); pass False to skip it,
@@ -287,6 +389,9 @@ def mvn_kl(
     ``ValueError`` for a scale matrix that is not k × k, batch shapes that do not broadcast, or
     (when ``validate``) a zero on a scale matrix's diagonal.
     """
+    mu, scale_tril, prior_mu, prior_scale_tril = _mvn_args(
+        mu, scale_tril, prior_mu, prior_scale_tril
+    )
     batch = _mvn_batch_shape(mu, scale_tril, prior_mu, prior_scale_tril, validate=validate)
     k = mu.shape[-1]
     dtype, compute = _compute_dtypes(mu, scale_tril, prior_mu, prior_scale_tril)
@@ -347,9 +452,31 @@ def _mvn_batch_shape(
         ) from err
 
     if validate:
+        _check_no_nan({"mu": mu, **named, "prior_mu": prior_mu})
         for name, t in named.items():
             _check_nonzero_diagonal(name, t)
     return batch
+
+
+def _mvn_args(
+    mu: Tensor | MultivariateNormal,
+    scale_tril: Tensor | MultivariateNormal | None,
+    prior_mu: Tensor | None,
+    prior_scale_tril: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The tensors of :func:`mvn_kl` from either call form (tensors, or distributions (q, p))."""
+    if not isinstance(mu, Distribution):
+        if not isinstance(scale_tril, Tensor):
+            raise TypeError("scale_tril must be a tensor when mu is one (or pass q, p)")
+        return mu, scale_tril, prior_mu, prior_scale_tril
+    for name, d in (("q", mu), ("p", scale_tril)):
+        if d is not None and not isinstance(d, MultivariateNormal):
+            raise TypeError(f"{name} must be a MultivariateNormal, got {type(d).__name__}")
+    if prior_mu is not None or prior_scale_tril is not None:
+        raise TypeError("with q a distribution, pass the prior as one too: mvn_kl(q, p)")
+    if scale_tril is None:
+        return mu.loc, mu.scale_tril, None, None
+    return mu.loc, mu.scale_tril, scale_tril.loc, scale_tril.scale_tril
 
 
 def _check_nonzero_diagonal(name: str, tril: Tensor) -> None:
@@ -371,48 +498,68 @@ def _check_nonzero_diagonal(name: str, tril: Tensor) -> None:
 # The VAE loss term
 # --------------------------------------------------------------------------------------------
 
-_REDUCTIONS = ("mean", "sum", "none")
+#: torch.nn.KLDivLoss's reduction names, with its meanings (see GaussianKLLoss)
+REDUCTIONS = ("none", "batchmean", "sum", "mean")
 
 
 class GaussianKLLoss(nn.Module):
     r"""β-weighted KL(q(z|x) ‖ N(0, I)) of a diagonal-Gaussian encoder, optionally with free bits.
 
-    ``forward(mu, logvar)`` takes encoder outputs of shape (..., d) (usually (B, d); every
-    leading dimension counts as batch) and returns, in nats:
+    ``forward(mu, logvar)`` takes encoder outputs of shape (..., d) (usually (B, d)), or
+    ``forward(q)`` a ``Normal`` / ``Independent(Normal)`` posterior (its event dimensions are the
+    latent dimensions). The reductions are ``torch.nn.KLDivLoss``'s names with its meanings,
+    applied to the per-element KL (nats, one value per latent dimension of each sample):
 
-    * ``reduction='mean'`` (default): β · mean over the batch of Σ_j KL_j, a scalar;
-    * ``reduction='sum'``: β · sum over the batch of Σ_j KL_j, a scalar;
-    * ``reduction='none'``: β · Σ_j KL_j per sample, shape (...,) (allowed only without free bits).
+    * ``reduction='batchmean'`` (default): β · sum / (batch size), the KL per sample averaged
+      over the batch, a scalar (the −ELBO's KL term in nats per sample). As torch, the batch size
+      is ``size(0)``; a (d,) input is one sample.
+    * ``reduction='sum'``: β · the sum over the batch and the latent dimensions, a scalar;
+    * ``reduction='mean'``: β · the mean over every element, i.e. the 'batchmean' value divided
+      by d as well (torch's 'mean'; a warning says so, as torch's does: it is not the KL);
+    * ``reduction='none'``: β · the per-element KL, shape (..., d) (only without free bits).
+
+    The default differs from ``KLDivLoss``'s (``'mean'``, which torch itself warns is not the
+    KL): ``GaussianKLLoss()`` is the KL per sample.
 
     **Free bits** (Kingma et al. 2016, "Improved Variational Inference with Inverse
     Autoregressive Flow", appendix C.8), λ = ``free_bits`` nats per latent dimension: each
-    dimension's batch-mean KL, K_j = mean_b KL_bj, is replaced by max(λ, K_j), so the loss is
-    β Σ_j max(λ, K_j) for 'mean' and N times that for 'sum' (N = number of samples). A
-    dimension whose K_j is below λ then contributes the constant λ and gets no gradient: the
-    encoder is not pushed to use less than λ nats in it. Because the clamp is applied to batch
-    means, per-sample values do not exist, so ``reduction='none'`` with ``free_bits > 0`` is
-    rejected with a ValueError. With ``free_bits=0`` the result is exactly the plain KL.
+    dimension's batch-mean KL, K_j = mean_b KL_bj, is replaced by max(λ, K_j), so the 'sum' is
+    β N Σ_j max(λ, K_j) (N = number of samples), and 'batchmean' and 'mean' divide that as above
+    ('batchmean' of a (B, d) input: β Σ_j max(λ, K_j)). A dimension whose K_j is below λ then
+    contributes the constant λ and gets no gradient: the encoder is not pushed to use less than
+    λ nats in it. The clamp is applied to batch means, so there are no per-element values:
+    ``reduction='none'`` with ``free_bits > 0`` is a ValueError. ``free_bits=0`` is the plain KL.
 
-    **Empty batch** (``(0, d)``, N = 0): 'sum' gives 0 (a sum over no samples, also with free
-    bits), 'none' an empty tensor, and 'mean' raises a ValueError, since a mean over no samples
-    is undefined (it would be 0/0 = NaN). float16 / bfloat16 inputs are computed and reduced in
-    float32 and the result is rounded to their dtype (see :func:`gaussian_kl_per_dim`).
+    **Empty batch** (N = 0): 'sum' gives 0 (a sum over no samples, also with free bits), 'none'
+    an empty tensor, and 'batchmean' / 'mean' raise a ValueError, since a mean over nothing is
+    undefined (0/0 = NaN). float16 / bfloat16 inputs are computed and reduced in float32 and the
+    result is rounded to their dtype (see :func:`gaussian_kl_per_dim`).
 
     ``beta`` and ``free_bits`` are validated properties and may be changed between steps
     (e.g. for KL annealing).
 
     Args:
-        reduction: 'mean' | 'sum' | 'none' (keyword-only).
+        reduction: 'batchmean' | 'sum' | 'mean' | 'none' (keyword-only).
         beta: weight of the KL term, ≥ 0 (keyword-only).
         free_bits: λ in nats per latent dimension, ≥ 0 (keyword-only).
+        validate: check that no input is NaN (one host sync per call); pass False in compiled
+            or vmapped code (keyword-only).
     """
 
-    def __init__(self, *, reduction: str = "mean", beta: float = 1.0, free_bits: float = 0.0):
+    def __init__(
+        self,
+        *,
+        reduction: str = "batchmean",
+        beta: float = 1.0,
+        free_bits: float = 0.0,
+        validate: bool = True,
+    ):
         super().__init__()
         self._free_bits = 0.0
         self.reduction = reduction
         self.beta = beta
         self.free_bits = free_bits
+        self.validate = bool(validate)
 
     @property
     def reduction(self) -> str:
@@ -420,10 +567,12 @@ class GaussianKLLoss(nn.Module):
 
     @reduction.setter
     def reduction(self, value: str) -> None:
-        if value not in _REDUCTIONS:
-            allowed = ", ".join(repr(r) for r in _REDUCTIONS)
+        if value not in REDUCTIONS:
+            allowed = ", ".join(repr(r) for r in REDUCTIONS)
             raise ValueError(f"reduction must be one of {allowed}, got {value!r}")
         _check_free_bits_reduction(self._free_bits, value)
+        if value == "mean":
+            warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=3)
         self._reduction = value
 
     @property
@@ -444,8 +593,18 @@ class GaussianKLLoss(nn.Module):
         _check_free_bits_reduction(value, self._reduction)
         self._free_bits = value
 
-    def forward(self, mu: Tensor, logvar: Tensor) -> Tensor:
-        per_dim, dtype = _gaussian_kl_per_dim(mu, logvar, None, None)  # float32 for half inputs
+    def forward(self, mu: Tensor | Distribution, logvar: Tensor | None = None) -> Tensor:
+        if isinstance(mu, Distribution):
+            if logvar is not None:
+                raise TypeError(
+                    "GaussianKLLoss()(q) takes the posterior alone: the prior is N(0, I)"
+                )
+            mu, logvar, event_dims = _normal_params("q", mu)
+            if event_dims > 1:  # the latent dimensions as one, so free bits count each once
+                mu, logvar = mu.flatten(-event_dims), logvar.flatten(-event_dims)
+        elif logvar is None:
+            raise TypeError("GaussianKLLoss()(mu, logvar): logvar is missing (or pass a Normal)")
+        per_dim, dtype = _gaussian_kl_per_dim(mu, logvar, None, None, validate=self.validate)
         return _as(self._reduce(per_dim), dtype)
 
     def reduce(self, per_dim: Tensor) -> Tensor:
@@ -459,40 +618,53 @@ class GaussianKLLoss(nn.Module):
         _check_float("per_dim", per_dim)
         if per_dim.dim() == 0:
             raise ValueError("per_dim must have shape (..., d), got a scalar")
+        if self.validate:
+            _check_no_nan({"per_dim": per_dim})
         dtype, compute = _compute_dtypes(per_dim)
         return _as(self._reduce(_as(per_dim, compute)), dtype)
 
     def _reduce(self, per_dim: Tensor) -> Tensor:
+        if self._reduction == "none":
+            return self._beta * per_dim
         n = math.prod(per_dim.shape[:-1])  # samples in the batch (static: no host sync)
-        if n == 0 and self._reduction == "mean":
+        # torch's batchmean divides by size(0); a (d,) input is one sample
+        divisor = {"sum": 1, "batchmean": per_dim.shape[0] if per_dim.dim() > 1 else 1}.get(
+            self._reduction, per_dim.numel()
+        )
+        if divisor == 0:
             raise ValueError(
-                f"GaussianKLLoss(reduction='mean') got an empty batch (shape "
-                f"{tuple(per_dim.shape)}): a mean over no samples is undefined; skip the empty "
+                f"GaussianKLLoss(reduction={self._reduction!r}) got an empty batch (shape "
+                f"{tuple(per_dim.shape)}): a mean over nothing is undefined; skip the empty "
                 "batch or use reduction='sum', which gives 0"
             )
-        if self._free_bits > 0:
-            if n == 0:  # 'sum': N · Σ_j max(λ, K_j) = 0 for N = 0, not 0 · NaN (an empty mean)
-                return self._beta * per_dim.sum()  # 0, still attached to the graph
+        if self._free_bits > 0 and n > 0:
             dim_means = per_dim.reshape(n, per_dim.shape[-1]).mean(0)  # K_j, shape (d,)
-            # Kingma et al. (2016), appendix C.8: Σ_j max(λ, E_batch[KL_j])
-            kl = dim_means.clamp(min=self._free_bits).sum()
-            return self._beta * (kl if self._reduction == "mean" else n * kl)
-        kl = per_dim.sum(-1)
-        if self._reduction == "mean":
-            kl = kl.mean()
-        elif self._reduction == "sum":
-            kl = kl.sum()
-        return self._beta * kl
+            # Kingma et al. (2016), appendix C.8: Σ_j max(λ, E_batch[KL_j]), N times for the sum
+            total = n * dim_means.clamp(min=self._free_bits).sum()
+        else:  # also free bits over N = 0 samples: N · Σ_j max(λ, K_j) = 0, not 0 · NaN
+            total = per_dim.sum()
+        return self._beta * (total if divisor == 1 else total / divisor)
 
     def extra_repr(self) -> str:
-        return f"reduction={self._reduction!r}, beta={self._beta}, free_bits={self._free_bits}"
+        return (
+            f"reduction={self._reduction!r}, beta={self._beta}, free_bits={self._free_bits}, "
+            f"validate={self.validate}"
+        )
+
+
+_MEAN_WARNING = (
+    "GaussianKLLoss(reduction='mean') divides the KL by the batch size and by the number of "
+    "latent dimensions, as torch.nn.KLDivLoss's 'mean' does: it is not the KL per sample. "
+    "'batchmean' (the default) is the KL per sample averaged over the batch, what "
+    "reduction='mean' meant in vae 0.1.0"
+)
 
 
 def _check_free_bits_reduction(free_bits: float, reduction: str) -> None:
     if free_bits > 0 and reduction == "none":
         raise ValueError(
-            "free_bits > 0 needs reduction='mean' or 'sum': free bits clamp the batch-mean KL "
-            "of each latent dimension, so there are no per-sample values to return"
+            "free_bits > 0 needs reduction='batchmean', 'sum' or 'mean': free bits clamp the "
+            "batch-mean KL of each latent dimension, so there are no per-element values to return"
         )
 
 
@@ -549,80 +721,182 @@ def _validate_pmf(name: str, p: Tensor, dim: int) -> None:
     )
 
 
-def _validate_pair(p: Tensor, q: Tensor, dim: int) -> None:
-    _check_float("p", p)
-    _check_float("q", q)
-    if p.shape != q.shape:
+def _validate_logits(name: str, logits: Tensor, dim: int) -> None:
+    """Raise ValueError unless ``logits`` are unnormalised log-probabilities along ``dim``: no NaN,
+    no +inf, and at least one entry above −inf in each vector (one host sync)."""
+    if logits.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension, got a scalar")
+    if logits.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(logits.shape)})")
+    impossible = logits.isnan() | (logits == math.inf)
+    bad = impossible.any(dim) | (logits == -math.inf).all(dim)
+    if not _any_on_host(bad):
+        return
+    if logits.isnan().any():
+        raise ValueError(f"{name} contains NaN")
+    if impossible.any():
+        raise ValueError(f"{name} contains +inf (a probability that is not finite)")
+    raise ValueError(f"{name} has a vector of -inf only along dim={dim} (no outcome possible)")
+
+
+def _categorical_probs(name: str, x: Tensor | Categorical, dim: int) -> Tensor:
+    """``x``, or a ``Categorical``'s probabilities (its outcomes are the last dimension)."""
+    if isinstance(x, Categorical):
+        if dim != -1:
+            raise ValueError(
+                f"{name} is a Categorical, whose outcomes are the last dim: use dim=-1"
+            )
+        return x.probs
+    _check_float(name, x)
+    return x
+
+
+def _discrete_inputs(
+    p: Tensor | Categorical,
+    q: Tensor | Categorical | None,
+    logits: Tensor | None,
+    dim: int,
+    validate: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(p, q, log q)`` broadcast against each other as torch broadcasts, exactly one of ``q`` /
+    ``log q`` set: the model's distribution given as probabilities (``q``), as ``logits`` (any
+    real numbers; log q = log_softmax) or as a ``Categorical`` (its normalised logits, −inf
+    where its probability is exactly 0)."""
+    if (q is None) == (logits is None):
+        raise TypeError("pass the model's distribution once: q (probabilities) or logits=")
+    p = _categorical_probs("p", p, dim)
+    if isinstance(q, Categorical):
+        _categorical_probs("q", q, dim)  # checks dim
+        # its normalised logits, −inf where a probability is exactly 0 (as kl_divergence reads it)
+        q, logits = None, q.logits.masked_fill(q.probs == 0, -math.inf)
+    elif q is not None:
+        _check_float("q", q)
+    else:
+        _check_float("logits", logits)
+    other_name, other = ("q", q) if q is not None else ("logits", logits)
+    try:
+        p, other = torch.broadcast_tensors(p, other)
+    except RuntimeError:
         raise ValueError(
-            f"p and q must have the same shape (no broadcasting), got {tuple(p.shape)} and "
-            f"{tuple(q.shape)}; use q.expand_as(p) to compare many p with one q"
-        )
-    _validate_pmf("p", p, dim)
-    _validate_pmf("q", q, dim)
+            f"p and {other_name} do not broadcast: shapes {tuple(p.shape)} and "
+            f"{tuple(other.shape)} (torch's broadcasting rules apply)"
+        ) from None
+    if validate:
+        _validate_pmf("p", p, dim)
+        if q is not None:
+            _validate_pmf("q", other, dim)
+        else:
+            _validate_logits(other_name, other, dim)
+    return (p, other, None) if q is not None else (p, None, other.log_softmax(dim))
 
 
 def _in_base(x: Tensor, log_base: float | None) -> Tensor:
     return x if log_base is None else x / log_base
 
 
-def _cross_entropy(p: Tensor, q: Tensor, dim: int, log_base: float | None) -> Tensor:
+def _cross_entropy(
+    p: Tensor, q: Tensor | None, log_q: Tensor | None, dim: int, log_base: float | None
+) -> Tensor:
     """−Σ p log_b q along ``dim``, with 0 log q = 0: the log only sees q where p > 0, so the
     gradient is finite too."""
-    return _in_base(-(p * torch.where(p > 0, q, torch.ones_like(q)).log()).sum(dim), log_base)
+    pos = p > 0
+    if log_q is None:
+        log_q = torch.where(pos, q, torch.ones_like(q)).log()
+    else:
+        log_q = torch.where(pos, log_q, torch.zeros_like(log_q))
+    return _in_base(-(p * log_q).sum(dim), log_base)
 
 
-def entropy(p: Tensor, *, base: float = math.e, dim: int = -1, validate: bool = True) -> Tensor:
+def entropy(
+    p: Tensor | Categorical | None = None,
+    *,
+    logits: Tensor | None = None,
+    base: float = math.e,
+    dim: int = -1,
+    validate: bool = True,
+) -> Tensor:
     r"""Shannon entropy H(p) = −Σ_i p_i log_b p_i of probability vectors along ``dim``.
 
     Args:
-        p: probabilities, any shape; ``dim`` indexes the outcomes.
+        p: probabilities, any shape; ``dim`` indexes the outcomes. Or a ``Categorical``.
+        logits: p given as unnormalised log-probabilities instead (p = softmax(logits) along
+            ``dim``), as ``Categorical(logits=...)`` takes them (keyword-only).
         base: logarithm base b: e → nats (default), 2 → bits, 10 → hartleys; any finite b > 0,
             b ≠ 1 (keyword-only).
         dim: dimension of the outcomes, reduced (keyword-only).
         validate: check that p holds probability vectors (no NaN/inf, no negatives,
-            |Σp − 1| ≤ √eps of the dtype): one host sync. Pass False to skip the check in hot
-            loops and inside ``torch.compile(fullgraph=True)`` or ``torch.func.vmap``, which
-            cannot read values on the host (with True they raise an error that says so; plain
-            ``torch.compile`` runs the check eagerly, at a graph break).
+            |Σp − 1| ≤ √eps of the dtype; logits: no NaN or +inf, not all −inf): one host sync.
+            Pass False to skip the check in hot loops and inside
+            ``torch.compile(fullgraph=True)`` or ``torch.func.vmap``, which cannot read values on
+            the host (with True they raise an error that says so; plain ``torch.compile`` runs
+            the check eagerly, at a graph break).
 
     Returns:
         Tensor of p's shape without ``dim``, in units of log base b; ≥ 0.
 
     Raises:
+        TypeError: neither or both of ``p`` and ``logits``.
         ValueError: invalid base, empty p, NaN/inf, negative entries or sums ≠ 1 (when
             ``validate``).
     """
     log_base = _log_base(base)
+    if (p is None) == (logits is None):
+        raise TypeError("pass the distribution once: p (probabilities) or logits=")
+    if p is not None:
+        p = _categorical_probs("p", p, dim)
+        if validate:
+            _validate_pmf("p", p, dim)
+        # Shannon (1948): H(p) = H(p, p); 0 log 0 = 0 (Cover & Thomas 2006, §2.1).
+        return _cross_entropy(p, p, None, dim, log_base)
+    _check_float("logits", logits)
     if validate:
-        _validate_pmf("p", p, dim)
-    # Shannon (1948): H(p) = H(p, p); 0 log 0 = 0 (Cover & Thomas 2006, §2.1).
-    return _cross_entropy(p, p, dim, log_base)
+        _validate_logits("logits", logits, dim)
+    log_p = logits.log_softmax(dim)
+    return _cross_entropy(log_p.exp(), None, log_p, dim, log_base)
 
 
 def cross_entropy(
-    p: Tensor, q: Tensor, *, base: float = math.e, dim: int = -1, validate: bool = True
+    p: Tensor | Categorical,
+    q: Tensor | Categorical | None = None,
+    *,
+    logits: Tensor | None = None,
+    base: float = math.e,
+    dim: int = -1,
+    validate: bool = True,
 ) -> Tensor:
     r"""Cross-entropy H(p, q) = −Σ_i p_i log_b q_i along ``dim``.
 
     Terms with p_i = 0 are 0 whatever q_i is; p_i > 0 with q_i = 0 gives +inf.
+    ``cross_entropy(p, logits=z)`` takes the model's logits as ``F.cross_entropy(z, p,
+    reduction='none')`` does (which puts the logits first) and equals it.
 
+    Shapes broadcast as in torch (``p`` (B, n) against one ``q`` (n,), say); the reduced ``dim``
+    indexes the outcomes of the broadcast shape. ``torch.distributions.Categorical`` objects may
+    stand for ``p`` and ``q`` (their outcomes are the last dimension: ``dim=-1``).
     Args:
-        p: the true probabilities, shape S.
-        q: the model probabilities, the same shape S (no broadcasting).
+        p: the true probabilities.
+        q: the model probabilities, broadcastable with p.
+        logits: the model's distribution as unnormalised log-probabilities instead of ``q``
+            (q = softmax(logits) along ``dim``; keyword-only).
         base, dim, validate: as in :func:`entropy`.
 
     Returns:
-        Tensor of shape S without ``dim``, in units of log base b; ≥ H(p).
+        Tensor of the broadcast shape without ``dim``, in units of log base b; ≥ H(p).
     """
     log_base = _log_base(base)
-    if validate:
-        _validate_pair(p, q, dim)
+    p, q, log_q = _discrete_inputs(p, q, logits, dim, validate)
     # Cover & Thomas (2006), §2.3 conventions: 0 log q = 0, p log 0 = −∞ (so H = +∞).
-    return _cross_entropy(p, q, dim, log_base)
+    return _cross_entropy(p, q, log_q, dim, log_base)
 
 
 def discrete_kl(
-    p: Tensor, q: Tensor, *, base: float = math.e, dim: int = -1, validate: bool = True
+    p: Tensor | Categorical,
+    q: Tensor | Categorical | None = None,
+    *,
+    logits: Tensor | None = None,
+    base: float = math.e,
+    dim: int = -1,
+    validate: bool = True,
 ) -> Tensor:
     r"""Relative entropy KL(p ‖ q) = Σ_i p_i log_b(p_i / q_i) along ``dim``.
 
@@ -630,31 +904,41 @@ def discrete_kl(
     ``scipy.special.rel_entr`` does), never as a difference of two large entropies, so that
     KL(p ‖ p) is exactly 0 and small divergences keep their absolute accuracy (≈ eps).
     Terms with p_i = 0 contribute 0 (also when q_i = 0); p_i > 0 with q_i = 0 gives +inf.
-    Not symmetric: KL(p ‖ q) ≠ KL(q ‖ p) in general.
+    Not symmetric: KL(p ‖ q) ≠ KL(q ‖ p) in general. ``discrete_kl(Categorical, Categorical)``
+    equals ``kl_divergence``; ``discrete_kl(p, logits=z)`` equals ``F.kl_div(z.log_softmax(-1),
+    p, reduction='none').sum(-1)`` (torch's order: the model first, in log space).
 
+    Shapes broadcast as in torch (``p`` (B, n) against one ``q`` (n,), say); the reduced ``dim``
+    indexes the outcomes of the broadcast shape. ``torch.distributions.Categorical`` objects may
+    stand for ``p`` and ``q`` (their outcomes are the last dimension: ``dim=-1``).
     Args:
-        p: the true (data) probabilities, shape S.
-        q: the approximating (model) probabilities, the same shape S (no broadcasting: use
-            ``q.expand_as(p)`` deliberately to compare a batch against one q).
+        p: the true (data) probabilities.
+        q: the approximating (model) probabilities, broadcastable with p.
+        logits: the model's distribution as unnormalised log-probabilities instead of ``q``
+            (keyword-only).
         base, dim, validate: as in :func:`entropy`.
 
     Returns:
-        Tensor of shape S without ``dim``, in units of log base b; ≥ 0 up to rounding.
+        Tensor of the broadcast shape without ``dim``, in units of log base b; ≥ 0 up to
+        rounding.
 
     Raises:
-        ValueError: invalid base, different shapes, empty inputs, NaN/inf, negative entries or
-            sums ≠ 1 (when ``validate``).
+        TypeError: neither or both of ``q`` and ``logits``.
+        ValueError: invalid base, shapes that do not broadcast, empty inputs, NaN/inf, negative
+            entries or sums ≠ 1 (when ``validate``).
     """
     log_base = _log_base(base)
-    if validate:
-        _validate_pair(p, q, dim)
+    p, q, log_q = _discrete_inputs(p, q, logits, dim, validate)
     pos = p > 0
     one = torch.ones_like(p)
     # Kullback & Leibler (1951); Cover & Thomas (2006), eq. in §2.3 with 0 log(0/q) = 0 and
     # p log(p/0) = +∞. Entries with p = 0 become log(1/1) = 0, so that neither the value nor the
     # gradient sees 0/0.
-    ratio = torch.where(pos, p, one) / torch.where(pos, q, one)
-    return _in_base((p * ratio.log()).sum(dim), log_base)
+    if log_q is None:
+        log_ratio = (torch.where(pos, p, one) / torch.where(pos, q, one)).log()
+    else:
+        log_ratio = torch.where(pos, p, one).log() - torch.where(pos, log_q, 0 * one)
+    return _in_base((p * log_ratio).sum(dim), log_base)
 
 
 def smoothed(
@@ -670,13 +954,14 @@ def smoothed(
     Vectors without zeros are returned unchanged.
 
     Args:
-        p, q: probabilities of the same shape, over the union of both supports along ``dim``.
+        p, q: probabilities over the union of both supports along ``dim``, broadcastable.
         eps: mass given to each zero-probability symbol, > 0.
         dim: dimension of the symbols (keyword-only).
         validate: check p and q as in :func:`discrete_kl` (keyword-only).
 
     Returns:
-        ``(p', q')``, the smoothed tensors, same shape, dtype and device as the inputs.
+        ``(p', q')``, the smoothed tensors in the broadcast shape, dtype and device of the
+        inputs.
 
     Raises:
         ValueError: eps ≤ 0, or eps so large that some nonzero entry would drop to ≤ 0
@@ -684,8 +969,9 @@ def smoothed(
     """
     if isinstance(eps, bool) or not isinstance(eps, Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    if validate:
-        _validate_pair(p, q, dim)
+    _check_float("p", p)
+    _check_float("q", q)
+    p, q, _ = _discrete_inputs(p, q, None, dim, validate)
 
     def smooth(name: str, x: Tensor) -> Tensor:
         zero = x == 0

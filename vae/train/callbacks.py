@@ -6,11 +6,13 @@ The figure callbacks (``LatentVisualizer``, ``ExplorerWriter``) are in :mod:`vae
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, TQDMProgressBar
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 from vae.train.files import append_line
 
@@ -71,3 +73,28 @@ class RoundedProgressBar(TQDMProgressBar):
     ) -> dict[str, int | str | float | dict[str, float]]:
         items = super().get_metrics(trainer, pl_module)
         return {k: f"{v:.2f}" if isinstance(v, float) else v for k, v in items.items()}
+
+
+class ParameterSummary(ModelSummary):
+    """Lightning's model summary with only the modules that hold parameters: the metric buffers and
+    the parameter-free KL loss are not layers a reader wants listed, and the FLOPs column (zeros:
+    Lightning counts FLOPs only for a module with an ``example_input_array``) is left out."""
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        keep = [i for i, p in enumerate(dict(summary_data)["Params"]) if p.strip() != "0"]
+        data = [(k, [v[i] for i in keep]) for k, v in summary_data if k != "FLOPs"]
+        data = [(k, [str(n) for n in range(len(keep))] if k == " " else v) for k, v in data]
+        table = _format_summary_table(
+            total_parameters, trainable_parameters, model_size, total_training_modes, 0, *data
+        )
+        lines = [line for line in table.splitlines() if not line.endswith("Total Flops")]
+        logging.getLogger(ModelSummary.__module__).info("\n" + "\n".join(lines))

@@ -75,7 +75,11 @@ class VAEModule(L.LightningModule):
         self.vae: VAE = build_vae(config=m, image_shape=self.image_shape)
         self.beta = float(m.beta)
         self.kl_warmup_steps = m.kl_warmup_steps
-        self.kl_objective = GaussianKLLoss(reduction="mean", beta=1.0, free_bits=float(m.free_bits))
+        # the KL per image, batch mean; validate=False: kl_dim comes from elbo_terms unchecked and
+        # the loss is checked for non-finite values once per step
+        self.kl_objective = GaussianKLLoss(
+            reduction="batchmean", beta=1.0, free_bits=float(m.free_bits), validate=False
+        )
         self.iw_samples = self.eval_config.iw_samples
         self.iw_chunk = self.eval_config.iw_chunk
         self._noise_blocks: dict[tuple[str, int], Tensor] = {}

@@ -40,14 +40,15 @@ CURATED_KEYS: tuple[str, ...] = (
     "trainer.max_epochs",
 )
 
-#: the metric columns of the HParams table: scalar tags the module logs (last value shown)
+#: the metric columns of the HParams table: scalar tags the module logs (last value shown).
+#: TensorBoard displays the first five (test/recon = test/loss − test/kl is the sixth, a tick away)
 HPARAM_METRICS: tuple[str, ...] = (
     "test/loss",
-    "test/recon",
-    "test/kl",
     "test/nll_iw",
+    "test/kl",
     "test/active_units",
     "val/loss",
+    "test/recon",
 )
 
 #: the HParams columns displayed when the dashboard opens (TensorBoard shows five, the rest are
@@ -109,9 +110,42 @@ def log_hparams(logger: Any, cfg: DictConfig, metrics: Mapping[str, float]) -> N
     shown = {k: float(metrics[k]) for k in HPARAM_METRICS if k in metrics}
     experiment, start, end = hparams(params, shown)
     _mark_shown_first(experiment)
+    _set_trial_name(start, trial_name(cfg, Path(str(cfg.paths.output_dir))))
     with contextlib.closing(FileWriter(logger.log_dir)) as writer:
         for summary in (experiment, start, end):
             writer.add_summary(summary)
+
+
+def trial_name(cfg: DictConfig, run_dir: Path) -> str:
+    """The run's short, unique name in the HParams table: ``paths.run_name`` (dataset, model,
+    latent size) first, so that a cut-off name still says what the run is, then when it started,
+    from its directory's name: ``mnist_mlp-z2 12-01 10:31:07``, in a sweep ``mnist_mlp-z10
+    12-01 11:02:40 #1``; a directory named otherwise (``hydra.run.dir=...``) is named as it is."""
+    label = str(OmegaConf.select(cfg, "paths.run_name", default="") or "")
+    stamp = re.compile(r"\d{4}-(\d\d-\d\d)_(\d\d)-(\d\d)-(\d\d)")
+
+    def when(name: str) -> str | None:
+        m = stamp.fullmatch(name[:19])
+        return f"{m[1]} {m[2]}:{m[3]}:{m[4]}" if m else None
+
+    name, parent = run_dir.name, run_dir.parent.name
+    if label and name.endswith("_" + label) and when(name):  # runs/<date>_<time>_<label>
+        return f"{label} {when(name)}"
+    job = name.split("_", 1)[0]
+    if label and name == f"{job}_{label}" and job.isdigit() and when(parent):  # a sweep's job
+        return f"{label} {when(parent)} #{job}"
+    return name
+
+
+def _set_trial_name(start: Any, name: str) -> None:
+    """Name the session of a session-start ``Summary`` in place (its ``group_name``, which the
+    HParams table shows as the trial ID instead of the event file's folder)."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    plugin_data = start.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(plugin_data.content)
+    data.session_start_info.group_name = name
+    plugin_data.content = data.SerializeToString()
 
 
 def _mark_shown_first(experiment: Any) -> None:

@@ -22,7 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -248,8 +248,12 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, Preemption]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it cannot show
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not cfg.trainer.get("enable_model_summary", True):  # and a summary it was told not to print
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     preemption = Preemption()
     loggers = _instantiate_all(cfg.get("logger"))
+    if not loggers:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = _build_trainer(
         cfg,
         callbacks=[*callbacks, preemption],
@@ -275,7 +279,8 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, Preemption]:
 def run_lock(output_dir: Path) -> Iterator[None]:
     """Hold an exclusive ``fcntl`` lock on ``<output_dir>/.lock`` for the run (global rank 0 only:
     the other DDP processes share its directory). A second live run into the same directory is a
-    :class:`ConfigError` naming the holder's PID; the lock dies with its process (``kill -9`` too)."""
+    :class:`ConfigError` naming the holder's PID; the lock dies with its process (``kill -9`` too).
+    The file is removed when the run ends (a ``kill -9`` leaves it, unlocked: harmless)."""
     if rank_zero_only.rank != 0:
         yield
         return
@@ -304,6 +309,7 @@ def run_lock(output_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            (output_dir / ".lock").unlink(missing_ok=True)  # still locked: the next run makes one
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

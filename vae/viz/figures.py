@@ -63,15 +63,32 @@ class FigureOptions:
     (``callbacks.visualize.*``, whose YAML lists these defaults, checked by
     :func:`vae.train.config.validate_config`) and the command line's flags."""
 
-    grid_size: int = field(default=20, metadata={"rule": int_at_least(1)})  # n × n manifold
-    # subsample the scatter plot (None = every test image)
-    max_points: int | None = field(default=None, metadata={"rule": optional(int_at_least(1))})
-    n_samples: int = field(default=64, metadata={"rule": int_at_least(1)})
-    n_reconstructions: int = field(default=32, metadata={"rule": int_at_least(1)})
-    interpolation_steps: int = field(default=10, metadata={"rule": int_at_least(2)})
-    # latent_dim > 2: pca | axes (the first two latent coordinates)
-    projection: str = field(default="pca", metadata={"rule": one_of(PROJECTIONS)})
-    seed: int = field(default=0, metadata={"rule": int_at_least(0)})
+    grid_size: int = field(
+        default=20,
+        metadata={"rule": int_at_least(1), "help": "manifold.png is n × n decoded images"},
+    )
+    max_points: int | None = field(
+        default=None,
+        metadata={"rule": optional(int_at_least(1)), "help": "test points in the scatter plot "
+                  "(default: every test image)"},
+    )  # fmt: skip
+    n_samples: int = field(
+        default=64, metadata={"rule": int_at_least(1), "help": "images decoded from z ~ N(0, I)"}
+    )
+    n_reconstructions: int = field(
+        default=32, metadata={"rule": int_at_least(1), "help": "test images and reconstructions"}
+    )
+    interpolation_steps: int = field(
+        default=10, metadata={"rule": int_at_least(2), "help": "images per interpolation row"}
+    )
+    projection: str = field(
+        default="pca",
+        metadata={"rule": one_of(PROJECTIONS), "help": "latent_dim > 2: the plane shown, pca "
+                  "(first two principal axes) or axes (the first two latent coordinates)"},
+    )  # fmt: skip
+    seed: int = field(
+        default=0, metadata={"rule": int_at_least(0), "help": "seed of the samples and the picks"}
+    )
 
 
 @contextlib.contextmanager
@@ -372,13 +389,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for f in dataclasses.fields(FigureOptions):  # one flag per option, e.g. --grid-size
         flag = "--" + f.name.replace("_", "-")
+        shown = "" if f.default is None else f" (default: {f.default})"
+        kwargs = {"default": f.default, "help": f.metadata["help"] + shown}
         if f.name == "projection":
-            parser.add_argument(flag, choices=PROJECTIONS, default=f.default)
+            parser.add_argument(flag, choices=PROJECTIONS, **kwargs)
         elif f.name == "seed":
-            parser.add_argument(flag, type=int, default=f.default)
+            parser.add_argument(flag, type=int, **kwargs)
         else:
-            parser.add_argument(flag, type=positive_int_arg, default=f.default)
-    parser.add_argument("--device", default="cpu")
+            parser.add_argument(flag, type=positive_int_arg, **kwargs)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model runs: cpu, cuda or mps (default: cpu)",
+    )
     args = parser.parse_args(argv)
     try:
         device = _check_device(args.device)

@@ -359,8 +359,12 @@
       const x = timedDecode(z);
       state.cursor = { uv, z: Array.from(z) };
       showImage($("cursor-img"), x, shape);
-      $("cursor-z").textContent = `${payload.projection.axis_labels[0]} = ${uv[0].toFixed(2)}, ` +
-        `${payload.projection.axis_labels[1]} = ${uv[1].toFixed(2)}; z = ${fmtZ(z)}`;
+      const [a, b] = payload.projection.axis_labels;
+      const onPlane = `${a} = ${uv[0].toFixed(2)}, ${b} = ${uv[1].toFixed(2)}`;
+      // the plane's coordinates are z itself for a 2-D latent drawn on its axes: say it once
+      const close = (p, q) => Math.abs(p - q) <= 1e-6 * (1 + Math.abs(q));
+      const same = z.length === 2 && close(z[0], uv[0]) && close(z[1], uv[1]);
+      $("cursor-z").textContent = same ? onPlane : `${onPlane}; z = ${fmtZ(z)}`;
       $("decode-ms").textContent = `decode: ${median(state.decodeTimes).toFixed(2)} ms ` +
         `(median of the last ${state.decodeTimes.length})`;
       redraw(P, G, bg);
