@@ -71,7 +71,8 @@ def evaluate(
     epoch = re.search(r"epoch(\d+)", ckpt.name)
     return {
         "checkpoint": str(ckpt),
-        "epoch": int(epoch.group(1)) if epoch else None,
+        # Lightning numbers epochs from 0: epoch0004.ckpt was written after 5 epochs of training
+        "epochs_trained": int(epoch.group(1)) + 1 if epoch else None,
         "iw_samples": iw_samples,
         "n_images": n,
         "nll_iw": nll_mean,

@@ -8,6 +8,8 @@ marginal likelihood log p(x) by numerical quadrature.
 from __future__ import annotations
 
 import math
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -236,3 +238,17 @@ def test_each_paper_preset_trains_and_tests_a_few_batches(name: str, tmp_path: P
     metrics = train(cfg)
     assert metrics["test/nll_iw"] < metrics["test/loss"]  # the 5-sample bound is the tighter one
     assert 0 <= metrics["test/active_units"] <= 50
+
+
+def test_the_documented_preset_commands_compose_and_validate(tmp_path: Path) -> None:
+    """Every `python train.py experiment=iwae_paper_…` line of the README and docs/reproduced.md
+    is a valid config as written (its hydra.* keys aside, which only place the run)."""
+    root = Path(__file__).resolve().parents[1]
+    for doc, least in (("README.md", 2), ("docs/reproduced.md", 3)):
+        lines = re.findall(
+            r"python train\.py (experiment=iwae_paper\S*[^\n`]*)", (root / doc).read_text()
+        )
+        assert len(lines) >= least, doc
+        for line in lines:
+            args = [a for a in shlex.split(line.rstrip("\\ ")) if not a.startswith("hydra.")]
+            validate_config(compose_config(args, output_dir=tmp_path))
