@@ -187,6 +187,14 @@ def test_the_iw_objective_refuses_the_kl_weighting_keys(name: str, value: float)
         coerce(ModelConfig, {"iw_train_samples": 0}, section="model")
 
 
+def test_the_command_line_refuses_it_before_a_run_directory_exists(tmp_path: Path) -> None:
+    cfg = compose_config(
+        ["model.iw_train_samples=5", "model.beta=0.5"], output_dir=tmp_path / "run"
+    )
+    with pytest.raises(ConfigError, match=r"model\.beta=0\.5 is set"):
+        validate_config(cfg)  # what the Hydra callback runs before making the directory
+
+
 def test_the_burda_schedule_is_3_to_the_i_epochs_at_ten_to_the_minus_i_over_7() -> None:
     stages = [i for i in range(8) for _ in range(3**i)]  # the paper's 3,280 epochs, spelled out
     assert len(stages) == 3280

@@ -137,3 +137,8 @@ def validate_config(cfg: DictConfig) -> None:
         value = _select(cfg, key)
         if value is not _MISSING:
             check(key, value, rule)
+    # the rules that join keys (e.g. model.iw_train_samples with model.beta) live in the typed
+    # sections: building them checks those too, before Hydra makes a run directory
+    for section, cls in hparams.SECTIONS.items():
+        if isinstance(cfg.get(section), DictConfig):
+            hparams.coerce(cls, OmegaConf.to_container(cfg[section], resolve=True), section=section)
