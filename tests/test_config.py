@@ -29,7 +29,13 @@ def test_the_groups_hold_the_documented_options() -> None:
     assert _options("model") == ["conv", "mlp"]
     assert _options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "gpu"]
     assert _options("callbacks") == ["default", "none"]
-    assert _options("experiment") == ["canonical", "gpu_fast"]
+    assert _options("experiment") == [
+        "canonical",
+        "gpu_fast",
+        "iwae_paper_k5",
+        "iwae_paper_k50",
+        "iwae_paper_vae",
+    ]
 
 
 def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:

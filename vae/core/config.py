@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from vae.errors import ConfigError
 from vae.rules import (
     Rule,
     boolean,
@@ -29,6 +30,8 @@ from vae.rules import (
 )
 
 C = TypeVar("C")
+#: ``optim.scheduler``'s values
+SCHEDULERS = ("none", "cosine", "burda")
 
 ARCHITECTURES = ("mlp", "conv")
 #: normalisation of the MLP hidden layers (``model.norm``)
@@ -56,7 +59,9 @@ def _field(default: Any, rule: Rule, *, network: bool = False) -> Any:
 @dataclass(frozen=True)
 class ModelConfig:
     """``model``: the network (:data:`NETWORK_KEYS`) and the objective recon + β_t · KL, with
-    β_t = ``beta`` · min(1, step / ``kl_warmup_steps``) and ``free_bits`` nats per latent dimension."""
+    β_t = ``beta`` · min(1, step / ``kl_warmup_steps``) and ``free_bits`` nats per latent dimension;
+    or, with ``iw_train_samples`` = k > 1, the importance-weighted bound with k samples (the IWAE,
+    Burda et al. 2015), which has no separate KL term to weight: β = 1, no warm-up, no free bits."""
 
     architecture: str = _field("mlp", one_of(ARCHITECTURES), network=True)
     latent_dim: int = _field(2, int_at_least(1), network=True)
@@ -72,18 +77,39 @@ class ModelConfig:
     beta: float = _field(1.0, number_at_least(0))
     kl_warmup_steps: int = _field(0, int_at_least(0))
     free_bits: float = _field(0.0, number_at_least(0))
+    iw_train_samples: int = _field(1, int_at_least(1))
+
+    def __post_init__(self) -> None:
+        if self.iw_train_samples == 1:
+            return
+        changed = [
+            f"model.{key}={getattr(self, key)}"
+            for key, plain_value in (("beta", 1.0), ("kl_warmup_steps", 0), ("free_bits", 0.0))
+            if getattr(self, key) != plain_value
+        ]
+        if changed:
+            raise ConfigError(
+                f"model.iw_train_samples={self.iw_train_samples} trains the importance-weighted "
+                f"bound, which has no KL term to weight, but {', '.join(changed)} is set: use "
+                "model.beta=1 model.kl_warmup_steps=0 model.free_bits=0, or model.iw_train_samples=1"
+            )
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """``optim``: Adam(W) at ``lr``, cosine-annealed per step to ``lr · min_lr_ratio`` or constant."""
+    """``optim``: Adam(W) at ``lr`` (with ``eps`` in its denominator), cosine-annealed per step to
+    ``lr · min_lr_ratio``, constant, or ``burda``: stage i = 0, 1, … lasts 3^i epochs at
+    lr · 10^(−i/7) (Burda et al. 2015, §5)."""
 
     optimizer: str = _field("adam", one_of(("adam", "adamw")))
     lr: float = _field(3.0e-3, number_at_least(0, strict=True))
     weight_decay: float = _field(0.0, number_at_least(0))
-    scheduler: str = _field("cosine", one_of(("none", "cosine")))
+    # none | cosine (per step, down to lr · min_lr_ratio) | burda (stage i = 0, 1, … lasts 3^i
+    # epochs at lr · 10^(−i/7), Burda et al. 2015; 8 stages = 3280 epochs)
+    scheduler: str = _field("cosine", one_of(SCHEDULERS))
     # the cosine schedule's floor, a fraction of lr: above 1 it would climb instead of decay
     min_lr_ratio: float = _field(0.0, number_in(0, 1))
+    eps: float = _field(1.0e-8, number_at_least(0, strict=True))  # Adam's ε
 
 
 @dataclass(frozen=True)

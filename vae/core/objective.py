@@ -6,6 +6,9 @@ Plain torch on a :class:`~vae.core.networks.VAE`; every function returns **per-i
 - :func:`elbo_terms`: −ELBO = E_q[−log p(x | z)] + KL(q(z | x) ‖ N(0, I)), one reparameterised
   sample, the KL in closed form (Kingma & Welling 2014, eq. 10).
 - :func:`iw_nll`: −log p̂_K(x), the importance-weighted bound (Burda et al. 2015, eq. 8).
+- :func:`iw_terms`: the same bound as a training objective, with k samples per image and its
+  gradient (the IWAE, Burda et al. 2015, §3), plus the one-sample −ELBO terms for logging.
+- :func:`log_weights`: log w = log p(x | z) + log p(z) − log q(z | x), the one definition both use.
 - :func:`eval_noise`, :func:`iw_noise`: ε ~ N(0, I) as a function of (seed, split, image position,
   sample) only, so evaluation does not depend on batch size, chunking, processes or what ran before.
 """
@@ -30,6 +33,8 @@ __all__ = [
     "eval_noise",
     "iw_nll",
     "iw_noise",
+    "iw_terms",
+    "log_weights",
     "seeded_noise",
 ]
 
@@ -60,6 +65,62 @@ def elbo_terms(vae: VAE, x: Tensor, *, eps: Tensor | None = None) -> dict[str, T
     }
 
 
+def _log_px_z(vae: VAE, x: Tensor, z: Tensor) -> Tensor:
+    """log p(x | z_k) for samples ``z`` ``(k, B, d)`` and images ``x`` ``(B, C, H, W)``: ``(k, B)``."""
+    k = z.shape[0]
+    out = vae.decode(z.flatten(0, 1))  # (k·B, C, H, W)
+    x_rep = x.expand(k, *x.shape).flatten(0, 1)  # (k·B, C, H, W), a view
+    return -vae.likelihood.nll(out, x_rep).unflatten(0, (k, -1))
+
+
+def _log_prior_over_q(mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
+    """log p(z_k) − log q(z_k | x) for q = N(``mu``, exp(``logvar``)) ``(B, d)``: ``(k, B)``."""
+    q = Normal(mu, torch.exp(0.5 * logvar), validate_args=False)
+    prior = Normal(torch.zeros_like(mu), torch.ones_like(mu), validate_args=False)
+    return prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
+
+
+def log_weights(vae: VAE, x: Tensor, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
+    """log w_k = log p(x | z_k) + log p(z_k) − log q(z_k | x) for samples ``z`` ``(k, B, d)`` of
+    q(z | x) = N(``mu``, exp(``logvar``)) ``(B, d)`` and images ``x`` ``(B, C, H, W)``: ``(k, B)``.
+
+    Differentiable in every argument: with reparameterised ``z`` its gradient is the one eq. 8 of
+    Burda et al. (2015) weights (no term is detached, as in the paper's §3).
+    """
+    return _log_px_z(vae, x, z) + _log_prior_over_q(mu, logvar, z)
+
+
+def iw_terms(
+    vae: VAE, x: Tensor, *, n_samples: int, eps: Tensor | None = None
+) -> dict[str, Tensor]:
+    """The IWAE objective for images ``x`` ``(B, C, H, W)``, per image, nats per image.
+
+    ``iw`` ``(B,)`` = −log (1/k) Σ_i w_i with k = ``n_samples`` reparameterised samples (noise
+    ``eps`` ``(k, B, d)`` if given, else the global RNG): the negative of the bound L_k of Burda et
+    al. (2015), eq. 8. Its autograd gradient is the paper's estimator, Σ_i w̃_i ∇ log w_i with the
+    normalised weights w̃_i = w_i / Σ_j w_j (the derivative of logsumexp is the softmax).
+
+    For logging, the one-sample −ELBO terms of :func:`elbo_terms` come with it: ``recon`` of the
+    first sample, ``kl_dim``/``kl`` in closed form, ``loss`` = recon + kl, ``mu``, ``logvar``.
+    """
+    mu, logvar = vae.encode(x)
+    z = vae.reparameterize(mu, logvar, n_samples=n_samples, eps=eps)  # (k, B, d)
+    log_px_z = _log_px_z(vae, x, z)  # (k, B)
+    log_w = log_px_z + _log_prior_over_q(mu, logvar, z)
+    kl_dim = gaussian_kl_per_dim(mu, logvar)  # (B, d)
+    kl = kl_dim.sum(dim=-1)
+    recon = -log_px_z[0]
+    return {
+        "iw": -(torch.logsumexp(log_w, dim=0) - math.log(n_samples)),
+        "recon": recon,
+        "kl": kl,
+        "kl_dim": kl_dim,
+        "loss": recon + kl,
+        "mu": mu,
+        "logvar": logvar,
+    }
+
+
 @torch.no_grad()
 def iw_nll(
     vae: VAE,
@@ -79,17 +140,12 @@ def iw_nll(
     the samples come from the global RNG.
     """
     mu, logvar = vae.encode(x)  # (B, d)
-    q = Normal(mu, torch.exp(0.5 * logvar), validate_args=False)
-    prior = Normal(torch.zeros_like(mu), torch.ones_like(mu), validate_args=False)
     running = torch.full_like(mu[:, 0], -math.inf)  # running logsumexp, (B,)
     for start in range(0, n_samples, chunk):
         k = min(chunk, n_samples - start)
         eps = None if noise is None else noise(start, start + k)
         z = vae.reparameterize(mu, logvar, n_samples=k, eps=eps)  # (k, B, d)
-        out = vae.decode(z.flatten(0, 1))  # (k·B, C, H, W)
-        x_rep = x.expand(k, *x.shape).flatten(0, 1)  # (k·B, C, H, W), a view
-        log_px_z = -vae.likelihood.nll(out, x_rep).unflatten(0, (k, -1))  # (k, B)
-        log_w = log_px_z + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)  # (k, B)
+        log_w = log_weights(vae, x, mu, logvar, z)  # (k, B)
         running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
     return -(running - math.log(n_samples))
 

@@ -193,6 +193,11 @@ def validate_config(cfg: DictConfig) -> None:
             head = f"{key}={plain(value)!r}"
             raise ConfigError(f"{head} (from {source}){str(err)[len(head) :]}") from None
 
+    # sections: building them checks those too, before Hydra makes a run directory
+    for section, cls in hparams.SECTIONS.items():
+        if isinstance(cfg.get(section), DictConfig):
+            hparams.coerce(cls, OmegaConf.to_container(cfg[section], resolve=True), section=section)
+
 
 def _interpolation(cfg: DictConfig, key: str) -> str | None:
     """The ``${...}`` that ``key``'s value comes from (None: typed as a value)."""

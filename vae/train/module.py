@@ -8,7 +8,9 @@ Logged, per stage ``train/``, ``val/``, ``test/``:
 
 - ``loss`` = −ELBO = ``recon`` + ``kl`` (β = 1, no free bits: the bound itself, comparable across runs);
 - ``recon`` = E_q[−log p(x | z)] (one reparameterised sample), ``kl`` = KL(q(z | x) ‖ N(0, I)) in closed form;
-- ``train/objective``: what the optimiser minimises, recon + β_t · KL (with free bits, if set);
+- ``train/objective``: what the optimiser minimises, recon + β_t · KL (with free bits, if set), or
+  with ``model.iw_train_samples`` = k > 1 the negative importance-weighted bound with k samples
+  (the IWAE objective, Burda et al. 2015, eq. 8), while ``train/loss`` stays the one-sample −ELBO;
 - ``val/active_units``: latent dimensions with Cov_x(E[z | x]) > 0.01 (Burda et al. 2015, §5.2), and
   ``val/kl_dim/<j>``, the KL of each latent dimension;
 - ``test/nll_iw``: the importance-weighted bound with ``eval.iw_samples`` samples (Burda et al. 2015, eq. 8),
@@ -37,6 +39,16 @@ from vae.train.guards import NonFiniteGuard, ResumeGuard
 from vae.train.metrics import TRAIN_TERMS, EvalMetrics, TrainTerms
 
 __all__ = ["EVAL_NOISE_BLOCK", "IW_NOISE_BLOCK", "NETWORK_KEYS", "NonFiniteLossError", "VAEModule"]
+
+
+def burda_lr_factor(epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (from 0) over ``optim.lr`` under ``optim.scheduler=burda``:
+    10^(−i/7) in stage i, which lasts 3^i epochs (Burda et al. 2015, §5: epochs 0 | 1–3 | 4–12 | …;
+    stage i ends after (3^(i+1) − 1) / 2 epochs, so 8 stages are 3280 epochs)."""
+    stage = 0
+    while (3 ** (stage + 1) - 1) // 2 <= epoch:
+        stage += 1
+    return 10.0 ** (-stage / 7)
 
 
 class VAEModule(L.LightningModule):
@@ -85,7 +97,8 @@ class VAEModule(L.LightningModule):
         self._noise_blocks: dict[tuple[str, int], Tensor] = {}
         self.eval_metrics = EvalMetrics(self.latent_dim)
         self.train_terms = TrainTerms()
-        self._train_elbo = self.elbo_terms  # torch.compile'd by compile_networks()
+        self.iw_train_samples = m.iw_train_samples
+        self._train_elbo = self.train_loss_terms  # torch.compile'd by compile_networks()
         # true once the weights are not fresh: trained here, or loaded from a checkpoint
         self._weights_trained = False
 
@@ -108,11 +121,11 @@ class VAEModule(L.LightningModule):
         self._weights_trained = True
 
     def compile_networks(self) -> None:
-        """``torch.compile`` the training loss: :meth:`elbo_terms` and its backward, fused (what it
+        """``torch.compile`` the training loss: :meth:`train_loss_terms` and its backward, fused (what it
         gains and costs: benchmarks/README.md). Only the training step uses it (evaluation stays
         eager: its other shapes cost no recompilation); the weights and state-dict keys are unchanged.
         """
-        self._train_elbo = torch.compile(self.elbo_terms, dynamic=False)
+        self._train_elbo = torch.compile(self.train_loss_terms, dynamic=False)
 
     # ---- the user-facing model -------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,6 +152,13 @@ class VAEModule(L.LightningModule):
         """Per-image terms of the −ELBO (:func:`vae.core.objective.elbo_terms`), nats per image."""
         return objective.elbo_terms(self.vae, x, eps=eps)
 
+    def train_loss_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """The training step's per-image terms: :meth:`elbo_terms`, or with
+        ``model.iw_train_samples`` = k > 1 :func:`vae.core.objective.iw_terms` (``iw`` added)."""
+        if self.iw_train_samples == 1:
+            return self.elbo_terms(x)
+        return objective.iw_terms(self.vae, x, n_samples=self.iw_train_samples)
+
     def current_beta(self) -> float:
         """β_t = β · min(1, step / kl_warmup_steps): linear KL warm-up (Bowman et al. 2016)."""
         if self.kl_warmup_steps <= 0:
@@ -148,8 +168,12 @@ class VAEModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         x = batch[0]  # (images, labels, indices)
         t = self._train_elbo(x)
-        beta = self.current_beta()
-        objective = t["recon"].mean() + beta * self.kl_objective.reduce(t["kl_dim"])
+        if "iw" in t:
+            objective = t["iw"].mean()
+        else:
+            objective = t["recon"].mean() + self.current_beta() * self.kl_objective.reduce(
+                t["kl_dim"]
+            )
         terms = torch.stack([t["loss"].mean(), t["recon"].mean(), t["kl"].mean(), objective])
         self.train_terms.add(terms.detach(), n=x.shape[0], step=self.global_step)
         return objective
@@ -262,10 +286,20 @@ class VAEModule(L.LightningModule):
         kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
         # fused: one kernel for the whole update (benchmarks/README.md)
         optimizer = kind(
-            self.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay), fused=True
+            self.parameters(),
+            lr=float(cfg.lr),
+            weight_decay=float(cfg.weight_decay),
+            eps=float(cfg.eps),
+            fused=True,
         )
         if cfg.scheduler == "none":
             return optimizer
+        if cfg.scheduler == "burda":
+            sched = torch.optim.lr_scheduler.LambdaLR(optimizer, burda_lr_factor)
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": sched, "interval": "epoch"},
+            }
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=total, eta_min=float(cfg.lr) * float(cfg.min_lr_ratio)
