@@ -30,9 +30,8 @@ SHAPE = (1, 4, 4)  # 16 binary pixels: small enough for exact quadrature over a 
 
 def _tiny_vae(latent_dim: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_vae(
-        image_shape=SHAPE, latent_dim=latent_dim, hidden_dims=[16], activation="tanh", norm="none"
-    ).double()
+    config = ModelConfig(latent_dim=latent_dim, hidden_dims=[16], activation="tanh", norm="none")
+    return build_vae(config=config, image_shape=SHAPE).double()
 
 
 def _batch(n: int, seed: int = 1) -> torch.Tensor:
