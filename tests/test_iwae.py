@@ -22,7 +22,8 @@ from vae.core.config import ModelConfig, coerce
 from vae.core.networks import build_vae
 from vae.errors import ConfigError
 from vae.train.config import validate_config
-from vae.train.module import VAEModule, burda_lr_factor
+from vae.train.module import VAEModule
+from vae.train.optim import burda_lr_factor
 from vae.train.run import train
 
 SHAPE = (1, 4, 4)  # 16 binary pixels: small enough for exact quadrature over a 1-D latent

@@ -37,18 +37,9 @@ from vae.kl import GaussianKLLoss
 from vae.train.checkpointing import load_checkpoint, rng_states, set_rng_states
 from vae.train.guards import NonFiniteGuard, ResumeGuard
 from vae.train.metrics import TRAIN_TERMS, EvalMetrics, TrainTerms
+from vae.train.optim import configure_optimizer
 
 __all__ = ["EVAL_NOISE_BLOCK", "IW_NOISE_BLOCK", "NETWORK_KEYS", "NonFiniteLossError", "VAEModule"]
-
-
-def burda_lr_factor(epoch: int) -> float:
-    """The learning rate of epoch ``epoch`` (from 0) over ``optim.lr`` under ``optim.scheduler=burda``:
-    10^(−i/7) in stage i, which lasts 3^i epochs (Burda et al. 2015, §5: epochs 0 | 1–3 | 4–12 | …;
-    stage i ends after (3^(i+1) − 1) / 2 epochs, so 8 stages are 3280 epochs)."""
-    stage = 0
-    while (3 ** (stage + 1) - 1) // 2 <= epoch:
-        stage += 1
-    return 10.0 ** (-stage / 7)
 
 
 class VAEModule(L.LightningModule):
@@ -245,13 +236,8 @@ class VAEModule(L.LightningModule):
     def eval_noise(self, index: Tensor, stage: str) -> Tensor:
         """ε of the val/test −ELBO for the images at positions ``index`` ``(B,)`` of ``stage``'s
         split: ``(B, latent_dim)`` (:func:`vae.core.objective.eval_noise`, cached per block)."""
-        eps = objective.eval_noise(
-            index,
-            seed=self.eval_config.seed,
-            split=stage,
-            latent_dim=self.latent_dim,
-            cache=self._noise_blocks,
-        )
+        seed, d, cache = self.eval_config.seed, self.latent_dim, self._noise_blocks
+        eps = objective.eval_noise(index, seed=seed, split=stage, latent_dim=d, cache=cache)
         return eps.to(device=index.device, dtype=self.dtype)
 
     def iw_noise(self, index: Tensor, *, start: int, stop: int) -> Tensor:
@@ -272,39 +258,14 @@ class VAEModule(L.LightningModule):
         def noise(start: int, stop: int) -> Tensor:
             return self.iw_noise(index, start=start, stop=stop)
 
+        noise_of = None if index is None else noise
         return objective.iw_nll(
-            self.vae,
-            x,
-            n_samples=n_samples,
-            chunk=chunk or self.iw_chunk,
-            noise=None if index is None else noise,
+            self.vae, x, n_samples=n_samples, chunk=chunk or self.iw_chunk, noise=noise_of
         )
 
-    # ---- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        cfg = self.optim_config
-        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-        # fused: one kernel for the whole update (benchmarks/README.md)
-        optimizer = kind(
-            self.parameters(),
-            lr=float(cfg.lr),
-            weight_decay=float(cfg.weight_decay),
-            eps=float(cfg.eps),
-            fused=True,
-        )
-        if cfg.scheduler == "none":
-            return optimizer
-        if cfg.scheduler == "burda":
-            sched = torch.optim.lr_scheduler.LambdaLR(optimizer, burda_lr_factor)
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": sched, "interval": "epoch"},
-            }
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=total, eta_min=float(cfg.lr) * float(cfg.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        return configure_optimizer(self.parameters(), self.optim_config, total_steps=steps)
 
     # ---- loading -----------------------------------------------------------------------------------
     @classmethod
