@@ -232,7 +232,8 @@ CRAFTED = {
     "download, eval_batch_size, num_workers, pin_memory, root, seed, val_size",
     "model_target": "hyper_parameters.model._target_: no such key; the hyper_parameters.model "
     "keys are activation, architecture, beta, channels, free_bits, gaussian_std, hidden_dims, "
-    "init_output_bias, kl_warmup_steps, latent_dim, learn_std, likelihood, logvar_bound, norm",
+    "init_output_bias, iw_train_samples, kl_warmup_steps, latent_dim, learn_std, likelihood, "
+    "logvar_bound, norm",
     "bad_value": "hyper_parameters.model.latent_dim=-1: expected an integer ≥ 1",
     "image_shape": "hyper_parameters.image_shape=[1, 28]: expected (channels, height, width), "
     "three integers ≥ 1",

@@ -22,7 +22,8 @@ from vae.train.report import CURATED_KEYS, trial_name
 NO_DOWNLOAD = ("data.download=false",)
 MODEL_KEYS = (
     "activation, architecture, beta, channels, free_bits, gaussian_std, hidden_dims, "
-    "init_output_bias, kl_warmup_steps, latent_dim, learn_std, likelihood, logvar_bound, norm"
+    "init_output_bias, iw_train_samples, kl_warmup_steps, latent_dim, learn_std, likelihood, "
+    "logvar_bound, norm"
 )
 
 

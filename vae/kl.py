@@ -214,8 +214,7 @@ def gaussian_kl_per_dim(
             ``torch.compile(fullgraph=True)`` or ``torch.func.vmap`` (keyword-only).
 
     Returns:
-        Tensor of shape ``broadcast(mu, logvar, prior_mu, prior_logvar)``: nothing is reduced.
-        Values in nats, ≥ 0, in the inputs' promoted dtype.
+        Shape ``broadcast(mu, logvar, prior_mu, prior_logvar)`` (nothing reduced), nats ≥ 0.
 
     Raises:
         TypeError: an argument is not a floating-point tensor, or a distribution of another kind.
@@ -404,6 +403,15 @@ def mvn_kl(
         kl = 0.5 * (L.square().sum((-2, -1)) + diff.square().sum(-1) - k - logdet)
         return _as(kl, dtype)
     L0 = _as(prior_scale_tril, compute).tril()
+    return _as(_mvn_kl_full(L, diff, L0, batch=batch, logdet=logdet), dtype)
+
+
+def _mvn_kl_full(
+    L: Tensor, diff: Tensor, L0: Tensor, *, batch: torch.Size, logdet: Tensor
+) -> Tensor:
+    """:func:`mvn_kl` against a full-covariance prior, from the lower triangles ``L``, ``L0``, the
+    mean difference μ − μ₀ and ln det Σ."""
+    k = L.shape[-1]
     L0b = L0.expand(*batch, k, k)
     # tr(Σ₀⁻¹Σ) = tr(L₀⁻ᵀ L₀⁻¹ L Lᵀ) = ‖L₀⁻¹ L‖²_F, with M = L₀⁻¹L from a triangular solve.
     M = torch.linalg.solve_triangular(L0b, L.expand(*batch, k, k), upper=False)
@@ -413,7 +421,7 @@ def mvn_kl(
     maha = v.squeeze(-1).square().sum(-1)
     prior_logdet = 2.0 * L0.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
     # Rasmussen & Williams (2006), GPML, appendix A.5 (KL between two multivariate Gaussians).
-    return _as(0.5 * (trace + maha - k + prior_logdet - logdet), dtype)
+    return 0.5 * (trace + maha - k + prior_logdet - logdet)
 
 
 def _mvn_batch_shape(

@@ -12,6 +12,7 @@ config group. And it sends a resumed run into its own directory (:mod:`vae.train
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -61,18 +62,33 @@ def _overrides(argv: Sequence[str]) -> list[str] | None:
     return overrides
 
 
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The override lists of a sweep's jobs, as Hydra's basic sweeper expands them (public API
+    only): the product of each key's values, a later override of a key replacing an earlier one.
+    A sweep over an interval has no list of jobs: none (its sweeper reports what it cannot run)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            values[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        else:
+            return []
+    return [list(job) for job in itertools.product(*values.values())]
+
+
 def _jobs(overrides: list[str]) -> Iterator[list[str]]:
     """The override lists of the jobs a sweep (``a=1,2``) expands to; each override string is
     checked in at least one job, which keeps a long sweep to a few compositions."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    OverridesParser.create().parse_overrides(overrides)  # a grammar error is the user's line
     seen: set[str] = set()
-    for batch in BasicSweeper.split_arguments(parsed, None):
-        for job in batch:
-            if not set(job) <= seen:
-                seen |= set(job)
-                yield list(job)
+    for job in sweep_jobs(overrides) or [[o for o in overrides if "(" not in o]]:
+        if not set(job) <= seen:
+            seen |= set(job)
+            yield list(job)
 
 
 def _unknown_key(key: str, others: list[str], config_name: str) -> ConfigError:

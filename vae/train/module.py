@@ -264,7 +264,8 @@ class VAEModule(L.LightningModule):
         )
 
     def configure_optimizers(self) -> Any:
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        cosine = self.optim_config.scheduler == "cosine"  # the only schedule that needs the trainer
+        steps = max(1, int(self.trainer.estimated_stepping_batches)) if cosine else 1
         return configure_optimizer(self.parameters(), self.optim_config, total_steps=steps)
 
     # ---- loading -----------------------------------------------------------------------------------

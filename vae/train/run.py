@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import itertools
 import os
 import shlex
 import sys
@@ -41,6 +40,7 @@ from vae.train.checkpointing import (
     load_checkpoint,
     remove_stale_temp_files,
 )
+from vae.train.cli import sweep_jobs
 from vae.train.config import validate_config
 from vae.train.diskspace import disk_full_is_one_line
 from vae.train.files import FILE_MODE, read_own, write_atomic
@@ -191,24 +191,6 @@ def validate_sweep(
         job = loader.load_sweep_config(config, overrides)
         with user_error_exits(f"{what} {n} of {len(jobs)} ({' '.join(overrides)}), so {nothing}: "):
             check(job)
-
-
-def sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """The override lists of a sweep's jobs, as Hydra's basic sweeper expands them (public API
-    only): the product of each key's values, a later override of a key replacing an earlier one.
-    A sweep over an interval has no list of jobs: none (its sweeper reports what it cannot run)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    values: dict[str, list[str]] = {}
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.get_key_element()
-        if not override.is_sweep_override():
-            values[key] = [f"{key}={override.get_value_element_as_str()}"]
-        elif override.is_discrete_sweep():
-            values[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
-        else:
-            return []
-    return [list(job) for job in itertools.product(*values.values())]
 
 
 def _write_config(output_dir: Path, text: str) -> None:
