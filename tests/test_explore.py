@@ -40,7 +40,7 @@ from vae.train.module import VAEModule
 from vae.viz import explore
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_JS = ROOT / "vae" / "explorer" / "model.js"
+MODEL_JS = ROOT / "vae" / "viz" / "explorer" / "model.js"
 CHROMIUM = Path("/usr/bin/chromium")
 NODE = shutil.which("node")
 TOL = 1e-4  # float32 weights: page vs torch, pixels and mu / logvar
@@ -801,7 +801,7 @@ def test_cli_writes_the_page_of_a_checkpoint_and_serves_it(tiny_run: tuple, tmp_
     out = tmp_path / "page.html"
     env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
     script = (
-        "import sys; from vae import data; data.SHA256['mnist'] = " + repr(sums) + "; "
+        "import sys; from vae.train import data; data.SHA256['mnist'] = " + repr(sums) + "; "
         "from vae.viz.explore import main; sys.exit(main(sys.argv[1:]))"
     )
     ckpt = run_dir / "checkpoints" / "last.ckpt"

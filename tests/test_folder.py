@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_explore import browser  # noqa: F401 (the headless Chromium fixture)
 
 from vae.errors import ConfigError, DatasetError
 from vae.train import folder as folder_mod
@@ -361,3 +362,127 @@ def test_the_round_trip_gives_the_same_test_elbo(mnist_png: Path, tmp_path: Path
     assert a["test/num_images"] == b["test/num_images"] == 10_000
     assert f"{a['test/loss']:.2f}" == f"{b['test/loss']:.2f}"
     assert a["test/loss"] == b["test/loss"]  # in fact bit for bit: the same batches, the same data
+
+
+# --------------------------------------------------------------------------------------------
+# Colour and unlabelled runs: every figure, the projector and the explorer page
+
+
+FIGURES = ("latent_space", "manifold", "reconstructions", "samples", "interpolation")
+
+
+def _folder_run(root: Path, run_dir: Path, *overrides: str) -> Path:
+    from conftest import compose_config
+
+    from vae.train.run import train
+
+    base = [
+        "trainer=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
+        "data=folder", f"data.root={root}", f"data.cache_dir={run_dir.parent / 'cache'}",
+        "data.batch_size=32", "data.eval_batch_size=100", "eval.iw_samples=4",
+    ]  # fmt: skip
+    train(compose_config([*base, *overrides], output_dir=run_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from shapes_folder import make_shapes
+
+    tmp = tmp_path_factory.mktemp("rgb")
+    shapes = make_shapes(tmp / "shapes", per_class=40, size=32)
+    return _folder_run(shapes, tmp / "run", "model=conv", "model.channels=[16,32]")
+
+
+def test_a_colour_folder_trains_with_conv_and_draws_in_colour(rgb_run: Path) -> None:
+    from conftest import run_metrics
+
+    metrics = run_metrics(rgb_run)
+    assert metrics["test/num_images"] == 12  # 10 % of 120
+    assert metrics["test/loss_bpd"] == pytest.approx(metrics["test/loss"] / (3072 * np.log(2)))
+    for name in FIGURES:
+        assert (rgb_run / f"{name}.png").is_file(), name
+    recon = np.asarray(Image.open(rgb_run / "reconstructions.png").convert("RGB")).astype(int)
+    assert np.abs(recon[..., 0] - recon[..., 2]).max() > 60  # the originals' colours are there
+    sprite = next((rgb_run / "tensorboard").rglob("sprite.png"))
+    with Image.open(sprite) as im:
+        assert im.mode == "RGB"
+        assert im.size == (4 * 32, 4 * 32)  # ⌈√12⌉ = 4 tiles a side
+
+
+def test_the_colour_explorer_page_renders_in_chromium(
+    rgb_run: Path,
+    browser: object,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    from test_explore import Page, _payload
+
+    html = (rgb_run / "explorer.html").read_text()
+    assert _payload(html)["class_names"] == ["circle", "square", "triangle"]
+    page = Page(browser, html, tmp_path / "page.html")
+    assert page.errors == []
+    assert page.requests == [page.url]
+    assert "circle (" in page.text("#legend")
+    px, py = page.js("explorer.toPx(...explorer.xy(0))")
+    box = page.box("#plane")
+    page.page.mouse.click(box["x"] + px, box["y"] + py)
+    index = int(page.text("#sel-info").split("#")[1].split()[0])
+    dm = ImageDataModule(**_payload_free_hparams(rgb_run))
+    dm.setup("test")
+    original = dm.test_dataset.images[index].permute(1, 2, 0).numpy()  # (32, 32, 3) uint8
+    shown = page.canvas("#sel-orig")
+    h, w = shown.shape[:2]
+    ys, xs = (
+        ((np.arange(32) + 0.5) * h / 32).astype(int),
+        ((np.arange(32) + 0.5) * w / 32).astype(int),
+    )
+    assert np.array_equal(shown[np.ix_(ys, xs)][..., :3], original)  # every channel, every pixel
+
+
+def _payload_free_hparams(run_dir: Path) -> dict:
+    """The run's data settings, read from its config.yaml (not from the page under test)."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml").data)
+    return {k: v for k, v in data.items() if k != "_target_"}
+
+
+@pytest.fixture(scope="module")
+def flat_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("flat")
+    for i in range(60):
+        _png(tmp / "flat" / f"{i:02d}.png", _grey(i, (12, 12)))
+    return _folder_run(tmp / "flat", tmp / "run", "model.hidden_dims=[32]")
+
+
+def test_an_unlabelled_folder_draws_every_view_in_one_colour(flat_run: Path) -> None:
+    from test_explore import _payload
+
+    for name in FIGURES:
+        assert (flat_run / f"{name}.png").is_file(), name
+    payload = _payload((flat_run / "explorer.html").read_text())
+    assert payload["class_names"] == ["unlabelled"]
+    metadata = next((flat_run / "tensorboard").rglob("metadata.tsv")).read_text().split()
+    assert set(metadata) == {"unlabelled"}
+
+
+def test_a_redraw_says_when_the_folder_has_changed(flat_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(flat_run.parent / "flat", copy)  # copy2: the same names, sizes and mtimes
+
+    def redraw() -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "vae.visualize", str(flat_run), "--data-root", str(copy),
+               "--out", str(tmp_path / "figs")]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    same = redraw()
+    assert same.returncode == 0, same.stderr
+    assert "has changed" not in same.stderr
+    _png(copy / "new.png", _grey(1000, (12, 12)))
+    changed = redraw()
+    assert changed.returncode == 0, changed.stderr
+    assert f"note: {copy} has changed since the model was trained" in changed.stderr

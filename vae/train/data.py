@@ -351,6 +351,36 @@ def _data_config(settings: dict[str, Any]) -> DataConfig:
     return DataConfig(**(settings | {"root": str(Path(root).expanduser().absolute())}))
 
 
+def _count(key: str, size: int | float, n: int) -> int:
+    """``data.<key>`` (a count, or a fraction) as a number of images out of ``n``, leaving one."""
+    count = round(size * n) if isinstance(size, float) else size
+    if count >= n:
+        raise ConfigError(
+            f"data.{key}={size!r}: the data has {n:,} images there, so none would remain for "
+            "training; set a smaller count or a fraction such as 0.1"
+        )
+    return count
+
+
+def _eval_dataset(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    rows: torch.Tensor | None,
+    *,
+    binarize: str,
+    seed: tuple[int, str],
+) -> IndexedTensorDataset:
+    """A val/test split; under ``dynamic`` its images drawn once (``seed``: the data seed and the
+    split's name), stored as 0/255."""
+    ds = IndexedTensorDataset(images, labels, rows=rows)
+    if binarize != "dynamic":
+        return ds
+    data_seed, split = seed
+    generator = torch.Generator().manual_seed(derive_seed(("binarize", split, data_seed)))
+    drawn = to_float(ds.images, binarize="dynamic", generator=generator)
+    return IndexedTensorDataset(drawn.to(torch.uint8).mul_(255), ds.labels)
+
+
 def _eval_sampler(trainer: Any, ds: IndexedTensorDataset) -> Sampler | None:
     """Under DDP, every val/test image exactly once over all processes.
 
@@ -456,23 +486,12 @@ class ImageDataModule(L.LightningDataModule):
         if f.test_start is not None:  # train/ and test/: contiguous rows
             span = slice(0, f.test_start) if part == "train" else slice(f.test_start, n)
             return f.images[span], f.labels[span], None
-        n_test = self._count("test_size", n)
+        n_test = _count("test_size", self.config.test_size, n)
         perm = torch.randperm(
             n, generator=torch.Generator().manual_seed(derive_seed(("test", self.config.seed)))
         )
         rows = perm[:n_test] if part == "test" else perm[n_test:]
         return f.images, f.labels, rows.sort().values
-
-    def _count(self, key: str, n: int) -> int:
-        """``data.<key>`` as a number of images out of ``n`` (at least one image must remain)."""
-        size = getattr(self.config, key)
-        count = round(size * n) if isinstance(size, float) else size
-        if count >= n:
-            raise ConfigError(
-                f"data.{key}={size!r}: the data has {n:,} images there, so none would remain for "
-                "training; set a smaller count or a fraction such as 0.1"
-            )
-        return count
 
     # ---- Lightning hooks -------------------------------------------------------------------
 
@@ -491,7 +510,7 @@ class ImageDataModule(L.LightningDataModule):
             images, labels, pool = self._part("train")
             n = len(images) if pool is None else len(pool)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed))
-            n_val = self._count("val_size", n)
+            n_val = _count("val_size", self.config.val_size, n)
             self.val_indices = perm[:n_val].sort().values  # ascending
             self.train_indices = perm[n_val:].sort().values
 
@@ -499,9 +518,17 @@ class ImageDataModule(L.LightningDataModule):
                 return positions if pool is None else pool.index_select(0, positions)
 
             self.train_dataset = IndexedTensorDataset(images, labels, rows=rows(self.train_indices))
-            self.val_dataset = self._eval_dataset(images, labels, rows(self.val_indices), "val")
+            self.val_dataset = _eval_dataset(
+                images,
+                labels,
+                rows(self.val_indices),
+                binarize=self.config.binarize,
+                seed=(self.config.seed, "val"),
+            )
         if stage in (None, "test") and self.test_dataset is None:
-            self.test_dataset = self._eval_dataset(*self._part("test"), "test")
+            self.test_dataset = _eval_dataset(
+                *self._part("test"), binarize=self.config.binarize, seed=(self.config.seed, "test")
+            )
         self._maybe_move_to_device()
 
     def state_dict(self) -> dict[str, Any]:
@@ -509,6 +536,20 @@ class ImageDataModule(L.LightningDataModule):
         fingerprint, so that a redraw can tell when the folder has changed."""
         out = {"dims": list(self.dims), "class_names": list(self.class_names)}
         return out | ({"fingerprint": self.folder().fingerprint} if self.is_folder else {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep what the checkpoint recorded (:meth:`state_dict`) for :meth:`changed_since_training`."""
+        self.recorded = dict(state_dict)
+
+    def changed_since_training(self) -> str | None:
+        """A note when the folder's fingerprint differs from the one the checkpoint recorded."""
+        was = getattr(self, "recorded", {}).get("fingerprint")
+        if not self.is_folder or was is None or was == self.folder().fingerprint:
+            return None
+        return (
+            f"note: {self.root} has changed since the model was trained (its fingerprint of file "
+            "names, sizes and modification times differs): this shows the folder as it is now"
+        )
 
     def train_dataloader(self) -> DataLoader:
         ds = self._require(self.train_dataset, "train")
@@ -555,19 +596,6 @@ class ImageDataModule(L.LightningDataModule):
         return total.to(torch.float64) / (scale * len(ds))
 
     # ---- internals -------------------------------------------------------------------------
-
-    def _eval_dataset(
-        self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None, split: str
-    ) -> IndexedTensorDataset:
-        """A val/test split; under ``dynamic`` its images drawn once (seeded), stored as 0/255."""
-        if self.config.binarize != "dynamic":
-            return IndexedTensorDataset(images, labels, rows=rows)
-        ds = IndexedTensorDataset(images, labels, rows=rows)
-        generator = torch.Generator().manual_seed(
-            derive_seed(("binarize", split, self.config.seed))
-        )
-        drawn = to_float(ds.images, binarize="dynamic", generator=generator)
-        return IndexedTensorDataset(drawn.to(torch.uint8).mul_(255), ds.labels)
 
     def _maybe_move_to_device(self) -> None:
         if not self.config.device_resident or self.trainer is None:

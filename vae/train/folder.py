@@ -107,12 +107,16 @@ def _stat(path: Path) -> os.stat_result:
             raise _fail(
                 path, "a broken symbolic link", "remove it or point it at an image"
             ) from None
-        raise _fail(path, "no such file or directory", "check data.root") from None
+        raise _fail(
+            path, "no such file or directory", "set data.root to your folder of images"
+        ) from None
     except PermissionError:
         raise _fail(path, "no permission to read it", "make it readable (chmod a+rX)") from None
     except OSError as err:
         if "loop" in str(err.strerror).lower() or err.errno == 40:
-            raise _fail(path, "a symbolic link loop", "replace the link by a folder") from None
+            raise _fail(
+                path, "a symbolic link loop", "remove the link or point it at an image or folder"
+            ) from None
         raise _fail(path, f"cannot access it ({err.strerror})", "check it") from None
 
 

@@ -39,7 +39,14 @@ from vae.train.diskspace import disk_full_is_one_line
 from vae.train.environment import collect_environment, environment_markdown
 from vae.train.module import VAEModule
 from vae.train.preemption import Preemption
-from vae.train.report import log_hparams, print_summary, silence_known_noise, written_figures
+from vae.train.report import (
+    UNITS,
+    log_hparams,
+    print_summary,
+    silence_known_noise,
+    with_bits_per_dim,
+    written_figures,
+)
 
 
 def _ensure_writable(directory: Path) -> None:
@@ -310,6 +317,7 @@ def _fit_and_test(
                 results = trainer.test(module, datamodule=datamodule, verbose=False)
                 test_seconds = round(time.perf_counter() - start, 2)
                 metrics.update({k: float(v) for k, v in results[0].items()})
+            metrics = with_bits_per_dim(metrics, datamodule.dims)
     except SIGTERMException:
         if preemption.saved is None or preemption.received is None:
             raise
@@ -324,7 +332,7 @@ def _fit_and_test(
     if trainer.is_global_zero:
         summary = {
             "metrics": metrics,
-            "units": "nats per image",
+            "units": UNITS,
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "fit_seconds": round(fit_seconds, 2),

@@ -224,6 +224,8 @@ def latent_scatter(
     ``class_names[k]`` (one per class, in order, opaque markers even though points are drawn with
     ``alpha``, titled ``legend_title``, outside the axes on the right: ``fig.legends[0]``).
     ``legend_title`` defaults to "digit" for the digit names "0" … "9" and "class" otherwise.
+    No ``class_names`` (an unlabelled folder, labels −1): every point in one colour, no legend,
+    and the title says so.
     Names are shown in full: a legend wider than its place right of the axes (Fashion-MNIST's
     "T-shirt/top", "Ankle boot") moves left to end at the figure's edge, and the axes narrow.
     ``title`` defaults to "Posterior means in latent space"; a line is added to it for a PCA
@@ -250,6 +252,9 @@ def latent_scatter(
         raise ValueError("labels must be integer class indices")
     labels = labels.to(torch.long)
     n_classes = len(class_names)
+    unlabelled = n_classes == 0
+    if unlabelled:  # one colour for all: class 0 of a one-class palette
+        labels, n_classes = torch.zeros_like(labels), 1
     if bool(((labels < 0) | (labels >= n_classes)).any()):
         raise ValueError(f"labels must lie in [0, {n_classes}) (one per class name)")
     if max_points is not None and max_points < 1:
@@ -267,7 +272,7 @@ def latent_scatter(
         jitter = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 0.6
         xy = torch.stack([z[:, 0], labels.to(torch.float64) + jitter], dim=1)
         ax.set(xlabel="z₁", ylabel="class (jittered)")
-        ax.set_yticks(range(n_classes), labels=list(class_names))
+        ax.set_yticks(range(n_classes), labels=list(class_names) or ["all"])
     elif d == 2:
         xy = z
         ax.set(xlabel="z₁", ylabel="z₂")
@@ -281,6 +286,8 @@ def latent_scatter(
         base_title += f"\nPCA projection of the {d}-D latent ({sum(pct):.1f} % of variance)"
     if len(order) < n:
         base_title += f"\n{len(order):,} of {n:,} points shown"
+    if unlabelled:
+        base_title += "\nunlabelled images: one colour"
     ax.set_title(base_title)
 
     palette = _palette(n_classes)
@@ -295,6 +302,8 @@ def latent_scatter(
         rasterized=True,
     )
     ax.grid(alpha=0.3)
+    if unlabelled:
+        return fig
     handles = [
         Line2D([], [], marker="o", linestyle="none", markersize=7, color=palette[k], label=name)
         for k, name in enumerate(class_names)
