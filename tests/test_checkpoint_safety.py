@@ -228,8 +228,9 @@ CRAFTED = {
     "instantiator": "hyper_parameters._instantiator: no such key; the hyper_parameters keys are "
     "evaluation, image_shape, model, optim",
     "datamodule_extra_key": "datamodule_hyper_parameters.transform: no such key; the "
-    "datamodule_hyper_parameters keys are batch_size, binarize, dataset, device_resident, "
-    "download, eval_batch_size, num_workers, pin_memory, root, seed, val_size",
+    "datamodule_hyper_parameters keys are batch_size, binarize, cache_dir, channels, dataset, "
+    "device_resident, download, eval_batch_size, image_size, num_workers, pin_memory, root, seed, "
+    "test_size, val_size",
     "model_target": "hyper_parameters.model._target_: no such key; the hyper_parameters.model "
     "keys are activation, architecture, beta, channels, free_bits, gaussian_std, hidden_dims, "
     "init_output_bias, iw_train_samples, kl_warmup_steps, latent_dim, learn_std, likelihood, "

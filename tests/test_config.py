@@ -25,7 +25,7 @@ def _options(group: str) -> list[str]:
 
 
 def test_the_groups_hold_the_documented_options() -> None:
-    assert _options("data") == ["fashion_mnist", "mnist"]
+    assert _options("data") == ["fashion_mnist", "folder", "mnist"]
     assert _options("model") == ["conv", "mlp"]
     assert _options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "gpu"]
     assert _options("callbacks") == ["default", "none"]

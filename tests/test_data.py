@@ -1,6 +1,6 @@
 """vae.train.data: IDX reading and verification, downloads (faked), the DataModule, on real MNIST too.
 
-Nothing here touches the network: downloads go through a monkeypatched ``vae.train.data._fetch``.
+Nothing here touches the network: downloads go through a monkeypatched ``vae.train.idx._fetch``.
 Real MNIST comes from ``$VAE_DATA_DIR`` (skipped when unset) and is loaded once per module; it is
 checked against an independent numpy parser of the raw files (``idx_helpers.parse_idx_numpy``).
 """
@@ -43,7 +43,7 @@ from idx_helpers import (
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
-from vae.train import data
+from vae.train import data, idx
 from vae.train.config import ConfigError, UserError
 from vae.train.data import (
     DataHints,
@@ -164,7 +164,7 @@ def test_missing_files_without_download(tmp_path: Path) -> None:
 
 
 def test_fashion_missing_lists_both_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(idx, "FASHION_SYSTEM_DIR", tmp_path / "system")
     with pytest.raises(DatasetError) as err:
         locate_files("fashion_mnist", tmp_path, download=False)
     msg = str(err.value)
@@ -178,7 +178,7 @@ def test_fashion_prefers_the_data_root(tmp_path: Path, monkeypatch: pytest.Monke
     write_fake_raw(system, fake_mnist(n_train=5, n_test=5, seed=1))
     ours = tmp_path / "root" / "FashionMNIST" / "raw"
     sums = write_fake_raw(ours, fake_mnist(n_train=30, n_test=10, seed=2), gz=False)
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", system)
+    monkeypatch.setattr(idx, "FASHION_SYSTEM_DIR", system)
     monkeypatch.setitem(data.SHA256, "fashion_mnist", sums)
     paths = locate_files("fashion_mnist", tmp_path / "root", download=False)
     assert paths == {name: ours / name for name in NAMES}
@@ -263,7 +263,7 @@ def test_data_errors_spell_the_fix_of_the_calling_command(fake_root: SimpleNames
     with pytest.raises(DatasetError) as err:
         locate_files("mnist", fake_root.root / "nowhere", hints=hints)
     msg = str(err.value)
-    mirrors = ", ".join(data.MNIST.mirrors)
+    mirrors = ", ".join(idx.MNIST.mirrors)
     assert f"(NOT-FETCHED.) Fix it either way: (1) FETCH {mirrors}; or (2) put the four" in msg
     assert msg.endswith(", or ROOT MNIST/raw/.")
     path = fake_root.raw / f"{NAMES[1]}.gz"
@@ -293,13 +293,13 @@ def test_download_fetches_verifies_and_renames(
     monkeypatch.setitem(data.SHA256, "mnist", {n: sha256(p) for n, p in payloads.items()})
     served = {f"{n}.gz": gzip.compress(p, mtime=0) for n, p in payloads.items()}
     calls: list[str] = []
-    monkeypatch.setattr(data, "_fetch", serve(served, calls))
+    monkeypatch.setattr(idx, "_fetch", serve(served, calls))
 
     dm = MNISTDataModule(root=tmp_path, val_size=20)
     dm.prepare_data()
     raw = tmp_path / "MNIST" / "raw"
     assert leftovers(raw) == sorted(served)  # no staging directory or partial file
-    assert calls == [f"{data.MNIST.mirrors[0]}{n}.gz" for n in NAMES]
+    assert calls == [f"{idx.MNIST.mirrors[0]}{n}.gz" for n in NAMES]
     dm.setup()
     assert len(dm.train_dataset) == 100
     assert len(dm.val_dataset) == 20
@@ -317,12 +317,12 @@ def test_download_falls_back_to_the_next_mirror(
     good = {f"{n}.gz": gzip.compress(p, mtime=0) for n, p in payloads.items()}
 
     def fetch(url: str, directory: Path, filename: str) -> None:
-        if url.startswith(data.MNIST.mirrors[0]):  # first mirror serves garbage
+        if url.startswith(idx.MNIST.mirrors[0]):  # first mirror serves garbage
             Path(directory, filename).write_bytes(b"<html>not found</html>")
         else:
             Path(directory, filename).write_bytes(good[filename])
 
-    monkeypatch.setattr(data, "_fetch", fetch)
+    monkeypatch.setattr(idx, "_fetch", fetch)
     paths = locate_files("mnist", tmp_path, download=True)
     assert sorted(p.name for p in paths.values()) == sorted(good)
     assert leftovers(tmp_path / "MNIST" / "raw") == sorted(good)
@@ -335,14 +335,14 @@ def test_download_offline_leaves_nothing_behind(
         Path(directory, filename).write_bytes(b"\x1f\x8b\x08\x00partial")  # half a download
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(data, "_fetch", offline)
+    monkeypatch.setattr(idx, "_fetch", offline)
     dm = MNISTDataModule(root=tmp_path, download=True)
     with pytest.raises(DatasetError) as err:
         dm.prepare_data()
     msg = str(err.value)
     assert "Download failed" in msg
     assert "Temporary failure in name resolution" in msg
-    for mirror in data.MNIST.mirrors:
+    for mirror in idx.MNIST.mirrors:
         assert f"{mirror}train-images-idx3-ubyte.gz" in msg
     # issue 23 §4: it was already set, so the fix is the network, not data.download=true
     assert "data.download=true" not in msg
@@ -357,7 +357,7 @@ def test_download_of_a_corrupt_file_is_rejected(
     arrays = fake_mnist(n_train=10, n_test=10)
     monkeypatch.setitem(data.SHA256, "mnist", dict.fromkeys(NAMES, "0" * 64))
     served = {f"{n}.gz": gzip.compress(idx_bytes(a), mtime=0) for n, a in arrays.items()}
-    monkeypatch.setattr(data, "_fetch", serve(served, []))
+    monkeypatch.setattr(idx, "_fetch", serve(served, []))
     with pytest.raises(DatasetError, match="SHA-256 of the IDX payload"):
         locate_files("mnist", tmp_path, download=True)
     assert leftovers(tmp_path / "MNIST" / "raw") == []
@@ -375,8 +375,8 @@ def test_download_of_a_corrupt_file_is_rejected(
         ("batch_size", 0, "an integer ≥ 1"),
         ("batch_size", 12.0, "an integer ≥ 1"),
         ("eval_batch_size", -5, "an integer ≥ 1"),
-        ("val_size", 60_000, "an integer in [0, 59999]"),
-        ("val_size", -1, "an integer in [0, 59999]"),
+        ("val_size", -1, "an image count ≥ 0 or a fraction in [0, 1)"),
+        ("val_size", 1.0, "an image count ≥ 0 or a fraction in [0, 1)"),
         ("seed", -1, "an integer in [0, "),
         ("binarize", "threshold", "one of none, dynamic, static"),
         ("binarize", None, "one of none, dynamic, static"),
@@ -833,7 +833,7 @@ def test_real_static_binarisation(real: SimpleNamespace) -> None:
 
 def test_real_fashion_mnist(tmp_path: Path) -> None:
     root = os.environ.get("VAE_DATA_DIR") or str(tmp_path)
-    dirs = [Path(root) / "FashionMNIST" / "raw", data.FASHION_SYSTEM_DIR]
+    dirs = [Path(root) / "FashionMNIST" / "raw", idx.FASHION_SYSTEM_DIR]
     found = [d for d in dirs if (d / "train-labels-idx1-ubyte.gz").exists()]
     if not found:
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")

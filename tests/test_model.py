@@ -186,6 +186,35 @@ def test_gaussian_nll_matches_scipy() -> None:
     assert not list(GaussianLikelihood(std=0.3).parameters())
 
 
+def test_colour_images_are_modelled_per_channel_and_pixel() -> None:
+    """(B, 3, H, W): each value of each channel is its own Bernoulli / Gaussian factor, so −log p
+    of an RGB image is the sum of its three channels' (scipy and torch.distributions, per value)."""
+    torch.manual_seed(1)
+    out = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    x = torch.rand(2, 3, 4, 5, dtype=torch.float64)
+    bern = -(x * special.log_expit(out.numpy()) + (1 - x) * special.log_expit(-out.numpy()))
+    torch.testing.assert_close(BernoulliLikelihood().nll(out, x), bern.flatten(1).sum(1))
+    gauss = -stats.norm.logpdf(x.numpy(), loc=out.numpy(), scale=0.5).reshape(2, -1).sum(1)
+    got = GaussianLikelihood(std=0.5).nll(out, x)
+    torch.testing.assert_close(got, torch.from_numpy(gauss))
+    per_channel = sum(
+        BernoulliLikelihood().nll(out[:, c : c + 1], x[:, c : c + 1]) for c in range(3)
+    )
+    torch.testing.assert_close(BernoulliLikelihood().nll(out, x), per_channel)
+
+
+def test_conv_stages_follow_the_image_size_and_channels() -> None:
+    """One stride-2 stage per ``model.channels`` entry: 64×64 RGB with four stages ends at 4×4, and
+    the decoder gives back exactly (3, 64, 64); an odd size (3, 30, 22) too."""
+    config = ModelConfig(architecture="conv", channels=[8, 8, 8, 8], hidden_dims=[16])
+    vae = build_vae(config=config, image_shape=(3, 64, 64))
+    assert vae.decoder.start_shape == (8, 4, 4)
+    assert vae.decode(torch.zeros(2, 2)).shape == (2, 3, 64, 64)
+    odd_config = ModelConfig(architecture="conv", channels=[4, 4], hidden_dims=[8])
+    odd = build_vae(config=odd_config, image_shape=(3, 30, 22))
+    assert odd.decode(odd.encode(torch.rand(2, 3, 30, 22))[0]).shape == (2, 3, 30, 22)
+
+
 def test_unknown_likelihood_names_the_key_and_the_options() -> None:
     with pytest.raises(ValueError, match=r"model\.likelihood='poisson' is not one of bernoulli"):
         build_likelihood("poisson", gaussian_std=1.0, learn_std=False)

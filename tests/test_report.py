@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -127,12 +128,17 @@ def test_the_run_ends_with_its_metrics_in_nats(cli_run: SimpleNamespace) -> None
         assert rows[tag][-2] == f"{metrics[tag]:.2f}", (tag, rows[tag])
     assert rows["test/nll_iw"][:4] == ["IW", "bound", "(K=4)", f"{metrics['test/nll_iw']:.2f}"]
     assert rows["test/active_units"][-2] == f"{metrics['test/active_units']:.0f}"
-    assert lines[start + 6] == f"Run directory: {cli_run.run_dir.resolve()}"
-    assert lines[start + 7] == (
+    bits = {line.split()[-1]: line.split() for line in lines[start + 6 : start + 8]}
+    bits_per_image = 784 * math.log(2)  # nats per bit times the 1×28×28 values of an image
+    for tag in ("test/loss", "test/nll_iw"):
+        assert bits[f"{tag}_bpd"][-3] == "bits/dim"
+        assert bits[f"{tag}_bpd"][-2] == f"{metrics[tag] / bits_per_image:.4f}"
+    assert lines[start + 8] == f"Run directory: {cli_run.run_dir.resolve()}"
+    assert lines[start + 9] == (
         "Figures: latent_space.png, manifold.png, reconstructions.png, samples.png, "
         "interpolation.png (in the run directory)"
     )
-    assert start + 8 == len(lines)  # the last thing the run says
+    assert start + 10 == len(lines)  # the last thing the run says
 
 
 def test_progress_bar_shows_the_loss_to_two_decimals(cli_run: SimpleNamespace) -> None:

@@ -19,7 +19,7 @@ from vae.core.likelihoods import build_likelihood
 from vae.core.networks import build_vae
 from vae.core.seeding import derive_seed
 from vae.errors import ConfigError
-from vae.train.data import DATA_RULES, MNISTDataModule
+from vae.train.data import DATA_RULES, DataConfig, MNISTDataModule
 from vae.train.module import EVAL_NOISE_BLOCK, VAEModule
 from vae.train.run import build_module
 from vae.viz.figures import FigureOptions
@@ -130,7 +130,7 @@ def test_user_errors_are_defined_in_one_module() -> None:
 def test_a_module_built_in_python_is_the_module_train_py_builds(tmp_path: Path) -> None:
     """``VAEModule()`` (the "import it into your own code" use) is the default run's model."""
     cfg = compose_config(output_dir=tmp_path)
-    from_config = build_module(cfg, MNISTDataModule.dims)
+    from_config = build_module(cfg, MNISTDataModule().dims)
     from_python = VAEModule()
     assert dict(from_python.hparams) == dict(from_config.hparams)
     shapes = {k: v.shape for k, v in from_config.state_dict().items()}
@@ -190,20 +190,19 @@ def test_every_model_field_has_a_rule_and_network_keys_derive_from_them() -> Non
     assert "latent_dim" in hparams.NETWORK_KEYS
 
 
-def test_the_data_rules_are_the_data_module_arguments_and_the_yaml_keys(tmp_path: Path) -> None:
-    params = list(inspect.signature(MNISTDataModule.__init__).parameters)[1:]
+def test_the_data_rules_are_the_data_config_fields_and_the_yaml_keys(tmp_path: Path) -> None:
+    params = [f.name for f in dataclasses.fields(DataConfig)]
     cfg = compose_config(output_dir=tmp_path)
     assert list(DATA_RULES) == params
     assert set(cfg.data) - {"_target_"} == set(params)
 
 
 def test_the_data_module_defaults_are_the_yaml_values() -> None:
-    """``MNISTDataModule()`` in Python is the data of ``python train.py`` (``root`` aside: the YAML
+    """``ImageDataModule()`` in Python is the data of ``python train.py`` (``root`` aside: the YAML
     reads ``$VAE_DATA_DIR``, as the module does; ``seed`` is the run's ``seed``)."""
     yaml = OmegaConf.load(ROOT / "configs" / "data" / "mnist.yaml")
     yaml.seed = OmegaConf.load(ROOT / "configs" / "train.yaml").seed
-    params = inspect.signature(MNISTDataModule.__init__).parameters
-    defaults = {k: p.default for k, p in params.items() if k not in ("self", "root")}
+    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig) if f.name != "root"}
     assert {k: yaml[k] for k in defaults} == defaults
 
 

@@ -61,7 +61,11 @@ def test_run_writes_its_files(tiny_run: tuple[Path, dict[str, float], float]) ->
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "checkpoints").glob("best-*.ckpt")), "no best checkpoint"
     summary = json.loads((run_dir / "metrics.json").read_text())
-    assert summary["units"] == "nats per image"
+    assert summary["units"].startswith("nats per image (keys ending in _bpd: bits per dimension")
+    dims = 784 * math.log(2)  # an MNIST image: 1×28×28 values
+    assert summary["metrics"]["test/loss_bpd"] == pytest.approx(
+        summary["metrics"]["test/loss"] / dims
+    )
     for key in ("test/loss", "test/recon", "test/kl", "test/nll_iw", "val/loss"):
         assert math.isfinite(summary["metrics"][key]), key
         assert summary["metrics"][key] == pytest.approx(metrics[key])

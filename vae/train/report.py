@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -172,7 +173,27 @@ _SUMMARY_ROWS = (
     ("KL", "kl", "{:.2f}"),
     ("IW bound", "nll_iw", "{:.2f}"),
     ("active units", "active_units", "{:.0f}"),
+    ("−ELBO, bits/dim", "loss_bpd", "{:.4f}"),
+    ("IW bound, bits/dim", "nll_iw_bpd", "{:.4f}"),
 )
+#: the metrics (nats per image) also reported in bits per dimension, as ``<tag>_bpd``
+BPD_METRICS = ("loss", "nll_iw")
+#: what ``metrics.json`` says of its numbers' units
+UNITS = "nats per image (keys ending in _bpd: bits per dimension, nats / (C·H·W · ln 2))"
+
+
+def with_bits_per_dim(metrics: Mapping[str, float], dims: Sequence[int]) -> dict[str, float]:
+    """``metrics`` and, for each of :data:`BPD_METRICS` present, ``<tag>_bpd``: the value in bits
+    per dimension, nats per image / (C·H·W · ln 2) (``dims`` = (C, H, W)), the unit colour-image
+    papers report. For grey levels or colours modelled as continuous values in [0, 1] it is the
+    same conversion, not a discrete 8-bit likelihood."""
+    out = dict(metrics)
+    per_image = math.prod(dims) * math.log(2.0)
+    for stage in ("val", "test"):
+        for name in BPD_METRICS:
+            if f"{stage}/{name}" in metrics:
+                out[f"{stage}/{name}_bpd"] = float(metrics[f"{stage}/{name}"]) / per_image
+    return out
 
 
 def summary_table(

@@ -46,7 +46,7 @@ from vae.train.diskspace import disk_full_is_one_line
 from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
 from vae.train.preemption import Preemption
-from vae.train.report import silence_known_noise
+from vae.train.report import silence_known_noise, with_bits_per_dim
 from vae.train.summary import RunSummary
 
 
@@ -403,6 +403,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 with summary.timed("test"):
                     results = trainer.test(module, datamodule=datamodule, verbose=False)
                 metrics.update({k: float(v) for k, v in results[0].items()})
+            metrics = with_bits_per_dim(metrics, datamodule.dims)
         summary.finish(trainer, metrics)
         return metrics
 

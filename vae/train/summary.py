@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from vae.train.environment import collect_environment, environment_markdown
 from vae.train.files import read_own, write_atomic
-from vae.train.report import log_hparams, print_summary, written_figures
+from vae.train.report import UNITS, log_hparams, print_summary, written_figures
 
 
 def write_metrics(path: Path, summary: dict[str, Any], *, resumed_from: Path | None) -> None:
@@ -53,7 +53,7 @@ class RunSummary:
             return
         summary = {
             "metrics": metrics,
-            "units": "nats per image",
+            "units": UNITS,
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "fit_seconds": self.seconds["fit"],

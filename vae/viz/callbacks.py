@@ -147,7 +147,7 @@ class LatentVisualizer(L.Callback):
             visualize.write_projector(
                 writer.log_dir,
                 visualize.encode_all(pl_module, dm.to_float(ds.images[:n]))[0],
-                [names[int(k)] for k in ds.labels[:n]],
+                [names[int(k)] if k >= 0 else "unlabelled" for k in ds.labels[:n]],
                 ds.images[:n],  # the stored uint8 images (binarised ones under dynamic/static)
                 step=trainer.global_step,
             )

@@ -48,7 +48,7 @@ from vae.errors import ConfigError, ExplorerError, UserError
 from vae.kl import gaussian_kl_per_dim
 from vae.rules import positive_int_arg
 from vae.train.checkpointing import load_checkpoint
-from vae.train.data import MNISTDataModule
+from vae.train.data import ImageDataModule
 from vae.train.environment import format_environment
 from vae.train.files import write_atomic
 from vae.train.module import VAEModule
@@ -383,7 +383,8 @@ def page_payload(
     """Everything the page shows, as JSON-ready data (:func:`render_html` makes it the page).
 
     ``images`` float ``(N, C, H, W)`` in [0, 1] (the test split as the model sees it), ``labels``
-    ``(N,)`` class indices into ``class_names``; ``metrics`` e.g. ``{"test/loss": …}`` (nats per
+    ``(N,)`` class indices into ``class_names`` (no class names: an unlabelled folder, whose points
+    the page shows in one colour as "unlabelled"); ``metrics`` e.g. ``{"test/loss": …}`` (nats per
     image); ``config`` the corner's summary (default :func:`config_summary`); ``precision`` of the
     embedded weights (:data:`PRECISIONS`); ``max_points`` subsamples the test points (seeded).
     """
@@ -392,6 +393,8 @@ def page_payload(
             f"need images (N, C, H, W) with N ≥ 2 and N labels, got {tuple(images.shape)} "
             f"and {tuple(labels.shape)}"
         )
+    if not class_names:
+        class_names, labels = ["unlabelled"], torch.zeros_like(labels)
     if int(labels.max()) >= len(class_names):
         raise ExplorerError(
             f"labels reach {int(labels.max())} but there are only {len(class_names)} class names"
@@ -411,7 +414,8 @@ def page_payload(
 
 def _title(module: Any, config: Mapping[str, str] | None) -> str:
     dataset = (config or {}).get("dataset")
-    name = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}.get(dataset, dataset)
+    names = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "folder": "your images"}
+    name = names.get(dataset, dataset)
     return f"VAE latent space{f' of {name}' if name else ''}: latent_dim {module.latent_dim}"
 
 
@@ -450,6 +454,9 @@ def _load_run(target: Path) -> tuple[Any, dict[str, Any], dict[str, float]]:
     ckpt = visualize._resolve_checkpoint(target)
     checkpoint = load_checkpoint(ckpt)  # the one loader: data only, every field checked
     hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    # what the data module recorded (a folder's fingerprint), kept with the settings under a key
+    # that is no data setting
+    hparams["_recorded"] = checkpoint.get(ImageDataModule.__qualname__, {})
     module = VAEModule.from_checkpoint(checkpoint)
     return module, hparams, read_metrics(visualize.run_dir_of(ckpt))
 
@@ -557,7 +564,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("target", type=Path, help="run directory (its last.ckpt) or a .ckpt file")
     parser.add_argument("--out", type=Path, help=f"output file (default: <run dir>/{FILENAME})")
     parser.add_argument(
-        "--data-root", help="folder holding MNIST/raw (default: the run's data.root)"
+        "--data-root",
+        help="folder holding MNIST/raw, or the folder of images (default: the run's data.root)",
     )
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
     parser.add_argument(
@@ -580,9 +588,13 @@ def _write_explorer(args: argparse.Namespace) -> Path:
     module, hparams, metrics = _load_run(args.target)
     run_dir = visualize.run_dir_of(args.target)  # the page's default folder
     root = {"root": args.data_root} if args.data_root else {}
-    dm = MNISTDataModule(**(dict(hparams) | {"download": False} | root))
+    recorded = hparams.pop("_recorded")
+    dm = ImageDataModule(**(dict(hparams) | {"download": False} | root))
+    dm.load_state_dict(recorded)
     dm.hints = visualize.cli_hints("python -m vae.explore", env_var=False)
     dm.setup("test")
+    if note := dm.changed_since_training():
+        print(note, file=sys.stderr)
     ds = dm.test_dataset
     html = render_html(
         page_payload(

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
@@ -45,7 +46,7 @@ from torchvision.utils import make_grid
 from vae.errors import CheckpointError, ConfigError, UserError
 from vae.rules import int_at_least, one_of, optional, positive_int_arg
 from vae.train.checkpointing import load_checkpoint
-from vae.train.data import DataHints, MNISTDataModule
+from vae.train.data import DataHints, ImageDataModule
 from vae.train.diskspace import disk_full_is_one_line
 from vae.train.environment import format_environment
 from vae.train.files import atomic_file, read_own, write_atomic
@@ -129,9 +130,10 @@ def _project(mu: Tensor, projection: str) -> tuple[Tensor, Tensor, Tensor, Tenso
 
 
 def _interpolation_ends(mu: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Posterior means of the first test image of class k and of class (k + 1) mod K, for each k."""
+    """Posterior means of the first test image of class k and of class (k + 1) mod K, for each k;
+    without classes (an unlabelled folder), of the first ten images and of the next one each."""
     firsts = [int((labels == k).nonzero()[0]) for k in range(num_classes) if (labels == k).any()]
-    starts = torch.tensor(firsts)
+    starts = torch.tensor(firsts) if firsts else torch.arange(min(10, mu.shape[0]))
     return mu[starts], mu[torch.roll(starts, -1)]
 
 
@@ -224,7 +226,7 @@ def write_projector(
     """Write a TensorBoard embedding-projector entry; returns its folder.
 
     ``embeddings`` ``(N, d)`` (padded with zero columns to 3 when d < 3, see below), one metadata
-    ``labels`` string per row, and ``images`` ``(N, 1, H, W)``
+    ``labels`` string per row, and ``images`` ``(N, C, H, W)`` (C = 1: a grey sprite, 3: RGB)
     uint8 for the sprite (⌈√N⌉ × ⌈√N⌉ tiles of H × W, missing tiles black). The same files and layout
     as ``SummaryWriter.add_embedding`` (``<log_dir>/<step:05d>/<tag>/`` and the shared
     ``projector_config.pbtxt``), but the sprite stays uint8: add_embedding builds it in float64 and
@@ -252,9 +254,10 @@ def write_projector(
     side = math.ceil(math.sqrt(n))
     tiles = torch.zeros(side * side, *images.shape[1:], dtype=torch.uint8)
     tiles[:n] = images.cpu()
-    sprite = make_grid(tiles, nrow=side, padding=0)[:1]  # (1, side·H, side·W), still uint8
+    sprite = make_grid(tiles, nrow=side, padding=0)  # (3, side·H, side·W), still uint8
+    pixels = sprite[0].numpy() if images.shape[1] == 1 else sprite.permute(1, 2, 0).numpy()
     with atomic_file(folder / "sprite.png") as f:
-        Image.fromarray(sprite[0].numpy()).save(f, format="PNG")  # 2-D uint8: greyscale
+        Image.fromarray(np.ascontiguousarray(pixels)).save(f, format="PNG")  # grey or RGB
 
     config_path = Path(log_dir) / "projector_config.pbtxt"
     config = projector_config_pb2.ProjectorConfig()
@@ -373,6 +376,20 @@ def _check_finite(module: Any, ckpt: Path) -> None:
         )
 
 
+def _data_module(checkpoint: dict[str, Any], data_root: str | None) -> ImageDataModule:
+    """The checkpoint's data module, never downloading; its root is ``data_root`` if given, else
+    (MNIST and Fashion-MNIST only: not a folder of images) ``$VAE_DATA_DIR`` if set. It keeps what
+    the checkpoint recorded (a folder's fingerprint) for :meth:`~ImageDataModule.changed_since_training`."""
+    hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    is_folder = hparams.get("dataset") == "folder"
+    root = data_root or (None if is_folder else os.environ.get("VAE_DATA_DIR"))
+    overrides = {"download": False} | ({"root": root} if root else {})
+    dm = ImageDataModule(**(hparams | overrides))
+    dm.load_state_dict(checkpoint.get(ImageDataModule.__qualname__, {}))
+    dm.hints = CLI_HINTS
+    return dm
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vae.visualize",
@@ -385,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: the run directory)")
     parser.add_argument(
         "--data-root",
-        help="folder holding MNIST/raw (default: $VAE_DATA_DIR if set, else the run's data.root)",
+        help="folder holding MNIST/raw, or the folder of images (default: $VAE_DATA_DIR if set "
+        "and the run used MNIST, else the run's data.root)",
     )
     for f in dataclasses.fields(FigureOptions):  # one flag per option, e.g. --grid-size
         flag = "--" + f.name.replace("_", "-")
@@ -411,13 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint = load_checkpoint(ckpt, map_location=device)  # the one loader, read once
         module = VAEModule.from_checkpoint(checkpoint)
         _check_finite(module, ckpt)
-        root = args.data_root or os.environ.get("VAE_DATA_DIR")  # else the checkpoint's
-        overrides = {"download": False} | ({"root": root} if root else {})
-        dm = MNISTDataModule(
-            **(dict(checkpoint.get("datamodule_hyper_parameters") or {}) | overrides)
-        )
-        dm.hints = CLI_HINTS
+        dm = _data_module(checkpoint, args.data_root)
         dm.setup("test")
+        if note := dm.changed_since_training():
+            print(note, file=sys.stderr)
         ds = dm.test_dataset
         options = FigureOptions(
             **{f.name: getattr(args, f.name) for f in dataclasses.fields(FigureOptions)}

@@ -225,9 +225,11 @@ def latent_scatter(
     colour ``k`` of 'tab10' ('tab20' beyond 10 classes) and a legend entry ``class_names[k]``
     (opaque markers, titled ``legend_title``: "digit" for the names "0" … "9", else "class"; right
     of the axes: ``fig.legends[0]``). Names are shown in full: a wider legend (Fashion-MNIST's
-    "T-shirt/top") moves left to end at the figure's edge, and the axes narrow. ``title`` defaults
-    to "Posterior means in latent space", plus a line for a PCA projection and one ("m of N points
-    shown") when subsampled. Figure: :data:`SCATTER_FIGSIZE` at :data:`DPI` (700 × 600 px).
+    "T-shirt/top") moves left to end at the figure's edge, and the axes narrow. No ``class_names``
+    (an unlabelled folder, labels −1): every point in one colour, no legend, and the title says
+    so. ``title`` defaults to "Posterior means in latent space", plus a line for a PCA projection
+    and one ("m of N points shown") when subsampled. Figure: :data:`SCATTER_FIGSIZE` at
+    :data:`DPI` (700 × 600 px).
 
     * ``d == 2``: axes z₁, z₂ with equal aspect.
     * ``d > 2``: the points are projected on the top two principal directions of *all* ``N`` rows
@@ -239,6 +241,7 @@ def latent_scatter(
     """
     z, labels = _scatter_input(z, labels, n_classes=len(class_names), max_points=max_points)
     n = z.shape[0]
+    unlabelled = len(class_names) == 0
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)[:max_points]  # [:None] keeps all
 
@@ -249,9 +252,11 @@ def latent_scatter(
     base_title += projected
     if len(order) < n:
         base_title += f"\n{len(order):,} of {n:,} points shown"
+    if unlabelled:
+        base_title += "\nunlabelled images: one colour"
     ax.set_title(base_title)
 
-    palette = _palette(len(class_names))
+    palette = _palette(max(len(class_names), 1))  # unlabelled: one colour
     colors = np.asarray(palette)[labels[order].numpy()]
     ax.scatter(
         xy[order, 0].numpy(),
@@ -263,7 +268,8 @@ def latent_scatter(
         rasterized=True,
     )
     ax.grid(alpha=0.3)
-    _class_legend(fig, ax, palette, class_names=class_names, title=legend_title)
+    if not unlabelled:
+        _class_legend(fig, ax, palette, class_names=class_names, title=legend_title)
     return fig
 
 
@@ -298,6 +304,8 @@ def _scatter_input(
     if labels.is_floating_point() and not bool((labels == labels.round()).all()):
         raise ValueError("labels must be integer class indices")
     labels = labels.to(torch.long)
+    if n_classes == 0:  # unlabelled: one colour for all, class 0 of a one-class palette
+        labels, n_classes = torch.zeros_like(labels), 1
     if bool(((labels < 0) | (labels >= n_classes)).any()):
         raise ValueError(f"labels must lie in [0, {n_classes}) (one per class name)")
     if max_points is not None and max_points < 1:
@@ -319,7 +327,7 @@ def _scatter_plane(
     if d == 1:
         jitter = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 0.6
         ax.set(xlabel="z₁", ylabel="class (jittered)")
-        ax.set_yticks(range(len(class_names)), labels=list(class_names))
+        ax.set_yticks(range(max(len(class_names), 1)), labels=list(class_names) or ["all"])
         return torch.stack([z[:, 0], labels.to(torch.float64) + jitter], dim=1), ""
     ax.set_aspect("equal", adjustable="datalim")
     if d == 2:
