@@ -232,8 +232,6 @@ def write_projector(
     ``projector_config.pbtxt``), but the sprite stays uint8: add_embedding builds it in float64 and
     peaks at about 700 MB for the 10,000 test digits.
     """
-    from google.protobuf import text_format
-    from tensorboard.plugins.projector import projector_config_pb2
 
     n = embeddings.shape[0]
     if len(labels) != n or images.shape[0] != n or images.dtype != torch.uint8:
@@ -259,7 +257,17 @@ def write_projector(
     with atomic_file(folder / "sprite.png") as f:
         Image.fromarray(np.ascontiguousarray(pixels)).save(f, format="PNG")  # grey or RGB
 
-    config_path = Path(log_dir) / "projector_config.pbtxt"
+    _add_projector_entry(Path(log_dir), tag=tag, step=step, image_hw=images.shape[-2:])
+    return folder
+
+
+def _add_projector_entry(log_dir: Path, *, tag: str, step: int, image_hw: Sequence[int]) -> None:
+    """Add (or replace) the entry ``<tag>:<step>`` of ``<log_dir>/projector_config.pbtxt``."""
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector import projector_config_pb2
+
+    sub = f"{step:05d}/{tag}"
+    config_path = log_dir / "projector_config.pbtxt"
     config = projector_config_pb2.ProjectorConfig()
     earlier = read_own(config_path)  # the other tags' entries (not through a planted link)
     if earlier is not None:
@@ -274,9 +282,8 @@ def write_projector(
     entry.tensor_path = f"{sub}/tensors.tsv"
     entry.metadata_path = f"{sub}/metadata.tsv"
     entry.sprite.image_path = f"{sub}/sprite.png"
-    entry.sprite.single_image_dim.extend(list(images.shape[-2:]))
+    entry.sprite.single_image_dim.extend(list(image_hw))
     write_atomic(config_path, text_format.MessageToString(config))
-    return folder
 
 
 def write_pngs(figures: dict[str, Figure | Tensor], directory: str | Path) -> list[Path]:
@@ -390,7 +397,8 @@ def _data_module(checkpoint: dict[str, Any], data_root: str | None) -> ImageData
     return dm
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """``python -m vae.visualize``'s options: one flag per :class:`FigureOptions` field."""
     parser = argparse.ArgumentParser(
         prog="python -m vae.visualize",
         description="Redraw a trained model's figures (latent space, manifold, reconstructions, "
@@ -420,7 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="cpu",
         help="where the model runs: cpu, cuda or mps (default: cpu)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         device = _check_device(args.device)
         ckpt = _resolve_checkpoint(args.target)

@@ -250,23 +250,13 @@ def latent_scatter(
     base_title = title if title is not None else "Posterior means in latent space"
     xy, projected = _scatter_plane(ax, z, labels, class_names=class_names, generator=generator)
     base_title += projected
-    if len(order) < n:
-        base_title += f"\n{len(order):,} of {n:,} points shown"
-    if unlabelled:
-        base_title += "\nunlabelled images: one colour"
-    ax.set_title(base_title)
+    shown = f"\n{len(order):,} of {n:,} points shown" if len(order) < n else ""
+    ax.set_title(base_title + shown + ("\nunlabelled images: one colour" if unlabelled else ""))
 
     palette = _palette(max(len(class_names), 1))  # unlabelled: one colour
     colors = np.asarray(palette)[labels[order].numpy()]
-    ax.scatter(
-        xy[order, 0].numpy(),
-        xy[order, 1].numpy(),
-        c=colors,
-        s=point_size,
-        alpha=alpha,
-        linewidths=0,
-        rasterized=True,
-    )
+    points = xy[order].numpy()  # (m, 2)
+    ax.scatter(*points.T, c=colors, s=point_size, alpha=alpha, linewidths=0, rasterized=True)
     ax.grid(alpha=0.3)
     if not unlabelled:
         _class_legend(fig, ax, palette, class_names=class_names, title=legend_title)
