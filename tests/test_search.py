@@ -168,8 +168,8 @@ def test_search_prunes_fails_and_resumes_one_sqlite_study(tmp_path: Path, mnist_
     seeded.enqueue_trial(GOOD)  # trial 0 completes
     seeded.enqueue_trial(GOOD | {"optim.lr": 1e-6})  # trial 1 barely learns: worse than the median
     seeded.enqueue_trial(GOOD | {"model.beta": 0.5})  # trial 2 finds its run directory in use
-    (sweep / "2_mlp-z2").mkdir()
-    with open(sweep / "2_mlp-z2" / ".lock", "a+") as lock:
+    (sweep / "2_mnist_mlp-z2").mkdir()
+    with open(sweep / "2_mnist_mlp-z2" / ".lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         lock.write(f"{os.getpid()}\n")
         lock.flush()
@@ -203,7 +203,7 @@ def test_search_prunes_fails_and_resumes_one_sqlite_study(tmp_path: Path, mnist_
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert trials[:3] == [done, pruned, failed]  # unchanged
     assert trials[3].state in (TrialState.COMPLETE, TrialState.PRUNED)
-    assert Path(trials[3].user_attrs["run_dir"]) == sweep / "3_mlp-z2"
+    assert Path(trials[3].user_attrs["run_dir"]) == sweep / "3_mnist_mlp-z2"
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert study.best_value == min(_val_loss(t) for t in complete)
 
@@ -223,7 +223,7 @@ def test_search_through_the_local_executor_runs_two_jobs(tmp_path: Path, mnist_r
         assert (job / f"{job.name}_0_result.pkl").is_file()
         log = (job / f"{job.name}_0_log.out").read_text()
         runs |= {line.split(": ", 1)[1] for line in log.splitlines() if "Run directory: " in line}
-    assert runs == {str(sweep / "0_mlp-z2"), str(sweep / "1_mlp-z2")}
+    assert runs == {str(sweep / "0_mnist_mlp-z2"), str(sweep / "1_mnist_mlp-z2")}
     study = optuna.load_study(study_name="vae", storage=f"sqlite:///{sweep / 'optuna.db'}")
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
