@@ -436,8 +436,8 @@ def test_config_instantiates(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 def test_fashion_config_changes_only_the_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VAE_DATA_DIR", "/d")
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        mnist = compose(overrides=["+data=mnist", "+seed=3"])
-        fashion = compose(overrides=["+data=fashion_mnist", "+seed=3", "data.batch_size=64"])
+        mnist = compose("train", overrides=["data=mnist", "seed=3"])
+        fashion = compose("train", overrides=["data=fashion_mnist", "seed=3", "data.batch_size=64"])
     mnist = OmegaConf.to_container(mnist.data, resolve=True)
     fashion = OmegaConf.to_container(fashion.data, resolve=True)
     assert fashion.pop("dataset") == "fashion_mnist"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,13 +198,36 @@ def test_the_data_rules_are_the_data_config_fields_and_the_yaml_keys(tmp_path: P
     assert set(cfg.data) - {"_target_"} == set(params)
 
 
-def test_the_data_module_defaults_are_the_yaml_values() -> None:
-    """``ImageDataModule()`` in Python is the data of ``python train.py`` (``root`` aside: the YAML
-    reads ``$VAE_DATA_DIR``, as the module does; ``seed`` is the run's ``seed``)."""
-    yaml = OmegaConf.load(ROOT / "configs" / "data" / "mnist.yaml")
-    yaml.seed = OmegaConf.load(ROOT / "configs" / "train.yaml").seed
-    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig) if f.name != "root"}
-    assert {k: yaml[k] for k in defaults} == defaults
+def test_each_data_default_is_written_once_in_its_dataclass(tmp_path: Path) -> None:
+    """``DataConfig`` is the one place a ``data`` default is written: the composed config has its
+    defaults (through the ConfigStore) but for the root (``$VAE_DATA_DIR``, as the module reads it)
+    and the seed (the run's), and no YAML file repeats one (``ImageDataModule()`` in Python is the
+    data of ``python train.py``)."""
+    cfg = compose_config(output_dir=tmp_path)
+    composed = OmegaConf.to_container(cfg.data, resolve=True)
+    defaults = dataclasses.asdict(DataConfig())
+    assert composed.pop("_target_") == "vae.train.data.ImageDataModule"
+    assert composed.pop("seed") == cfg.seed
+    assert composed.pop("root") == os.environ.get("VAE_DATA_DIR", "data")
+    assert composed.pop("download") is False  # compose_config's: the tests never download
+    del defaults["download"]
+    assert composed == {k: v for k, v in defaults.items() if k not in ("seed", "root")}
+    copies = [
+        f"{file}: data.{key}={value}"
+        for file, key, value in _yaml_section_values("data")
+        if key in defaults and value == defaults[key] and not (key == "root" and "folder" in file)
+    ]
+    assert copies == []
+
+
+def test_the_data_config_loads_no_torch() -> None:
+    """The ConfigStore's defaults come from a module that imports no torch (``--help`` stays fast)."""
+    code = (
+        "import sys, vae.train.data_config, vae.train.config; "
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def _sha256_seed(text: str) -> int:

@@ -3,7 +3,7 @@
 A rule is ``(ok, allowed)``: ``ok(value)`` says whether ``value`` is allowed, ``allowed`` completes
 the sentence "expected …" in the one-line error. Each config key has exactly one rule, declared
 beside the thing it configures (:mod:`vae.core.config` for ``model`` / ``optim`` / ``eval``,
-:data:`vae.train.data.DATA_RULES` for ``data``); :func:`check` applies one.
+:data:`vae.train.data_config.DATA_RULES` for ``data``); :func:`check` applies one.
 """
 
 from __future__ import annotations

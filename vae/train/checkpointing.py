@@ -44,7 +44,7 @@ from vae.core.config import NETWORK_KEYS, EvalConfig, ModelConfig, OptimConfig, 
 from vae.core.networks import build_vae
 from vae.errors import CheckpointError, ConfigError
 from vae.rules import check, int_list, plain, refuse_unknown
-from vae.train.data import DATA_RULES
+from vae.train.data_config import DATA_RULES
 from vae.train.files import TEMP_FILE, write_atomic
 
 #: how to fix a checkpoint that cannot be used (the end of each message)

@@ -3,12 +3,13 @@
 Every problem raises :class:`~vae.errors.ConfigError` with one line naming the key, the value and
 what is allowed, e.g. ``model.latent_dim=0: expected an integer ≥ 1``. Each key has one rule,
 declared beside what it configures: the ``model`` / ``optim`` / ``eval`` fields in
-:mod:`vae.core.config`, the ``data`` keys in :data:`vae.train.data.DATA_RULES` (the data module applies the
-same rules when it is built), the figure options in :class:`vae.viz.figures.FigureOptions`, the few
-top-level, ``paths`` and ``trainer`` keys below. A key that does not exist (``+model.latnet_dim=3``)
-is refused with the closest valid name: the keys of a section are its dataclass's fields, or the
-arguments of the class its ``_target_`` names. ``vae.train.run.CheckRunDir`` runs these checks before
-Hydra creates the run directory, for every job of a sweep before the first one starts.
+:mod:`vae.core.config`, the ``data`` keys in :class:`vae.train.data_config.DataConfig` (the data
+module applies the same rules when it is built), the figure options in
+:class:`vae.viz.figures.FigureOptions`, the few top-level, ``paths`` and ``trainer`` keys below. A
+key that does not exist (``+model.latnet_dim=3``) is refused with the closest valid name: the keys
+of a section are its dataclass's fields, or the arguments of the class its ``_target_`` names.
+``vae.train.run.CheckRunDir`` runs these checks before Hydra creates the run directory, for every
+job of a sweep before the first one starts.
 docs/errors.md lists what the user sees.
 """
 
@@ -39,6 +40,7 @@ from vae.rules import (
     plain,
     refuse_unknown,
 )
+from vae.train.data_config import DataConfig
 
 __all__ = ["DEFAULTS", "RULES", "ConfigError", "UserError", "register_defaults", "validate_config"]
 
@@ -47,11 +49,13 @@ DEFAULTS = "vae_defaults"
 
 
 def register_defaults() -> None:
-    """Store the ``model`` / ``optim`` / ``eval`` defaults of :mod:`vae.core.config` in Hydra's
-    ConfigStore as :data:`DEFAULTS`, the first entry of ``configs/train.yaml``'s defaults list, so
-    the YAML lists only what differs. Plain (untyped) nodes: a wrong value reaches
-    :func:`validate_config`'s one line, not an OmegaConf type error. Runs on import."""
+    """Store the ``model`` / ``optim`` / ``eval`` defaults of :mod:`vae.core.config` and the
+    ``data`` defaults of :class:`vae.train.data_config.DataConfig` in Hydra's ConfigStore as
+    :data:`DEFAULTS`, the first entry of ``configs/train.yaml``'s defaults list, so the YAML lists
+    only what differs. Plain (untyped) nodes: a wrong value reaches :func:`validate_config`'s one
+    line, not an OmegaConf type error. Runs on import."""
     node = {section: hparams.as_dict(cls()) for section, cls in hparams.SECTIONS.items()}
+    node["data"] = dataclasses.asdict(DataConfig())
     ConfigStore.instance().store(name=DEFAULTS, node=node)
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,24 +43,13 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
-from vae.core.config import _field
 from vae.core.seeding import derive_seed
 from vae.errors import ConfigError, DatasetError
-from vae.rules import (
-    Rule,
-    boolean,
-    check,
-    int_at_least,
-    int_in,
-    one_of,
-    optional,
-    path,
-    refuse_unknown,
-)
-from vae.train.folder import MIN_SIDE, FolderImages, load_folder
+from vae.rules import check, refuse_unknown
+from vae.train.data_config import BINARIZE_MODES, DATA_RULES, DATASETS, DataConfig
+from vae.train.folder import FolderImages, load_folder
 from vae.train.idx import (
     FILES,
-    IDX_DATASETS,
     SHA256,
     TRAIN_HINTS,
     DataHints,
@@ -95,56 +83,12 @@ __all__ = [
     "to_float",
 ]
 
-BINARIZE_MODES = ("none", "dynamic", "static")
-DATASETS = (*IDX_DATASETS, "folder")
-
-
-def _split_size() -> Rule:
-    def ok(v: Any) -> bool:
-        if isinstance(v, bool):
-            return False
-        return (isinstance(v, int) and v >= 0) or (isinstance(v, float) and 0.0 <= v < 1.0)
-
-    return ok, "an image count ≥ 0 or a fraction in [0, 1)"
-
 
 def _default_cache_dir() -> Path:
     """``$VAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/vae``, else ``~/.cache/vae``."""
     if os.environ.get("VAE_CACHE_DIR"):
         return Path(os.environ["VAE_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vae"
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """``data``: every key's default and rule, written once (the data module reads them here)."""
-
-    dataset: str = _field("mnist", one_of(DATASETS))
-    #: MNIST: the folder holding MNIST/raw/ (null: $VAE_DATA_DIR, else ./data); folder: the images
-    root: str | None = _field(None, path(optional=True))
-    batch_size: int = _field(128, int_at_least(1))
-    eval_batch_size: int = _field(1000, int_at_least(1))
-    #: images of the training part held out for validation (a count, or a fraction below 1)
-    val_size: int | float = _field(5000, _split_size())
-    #: folder without train/ and test/ only: images held out for the test split
-    test_size: int | float = _field(0.1, _split_size())
-    seed: int = _field(0, int_in(0, 2**63 - 1))
-    binarize: str = _field("none", one_of(BINARIZE_MODES))
-    download: bool = _field(True, boolean())
-    #: folder only: 1 (grey) or 3 (RGB); null: 1 when every image is grey, else 3
-    channels: int | None = _field(None, optional(one_of((1, 3))))
-    #: folder only: side of the square images; null: the size every image has
-    image_size: int | None = _field(None, optional(int_at_least(MIN_SIDE)))
-    #: folder only: where the decoded cache lives (null: $VAE_CACHE_DIR, else ~/.cache/vae)
-    cache_dir: str | None = _field(None, path(optional=True))
-    num_workers: int = _field(0, int_at_least(0))
-    pin_memory: bool = _field(False, boolean())
-    #: keep the splits on the training GPU and gather batches there (no-op on CPU)
-    device_resident: bool = _field(False, boolean())
-
-
-#: the ``data`` config keys → what each allows; checked when the data module is built
-DATA_RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in dataclasses.fields(DataConfig)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from vae.errors import DatasetError
+from vae.train.data_config import MIN_SIDE
 from vae.train.files import atomic_file, write_atomic
 
 __all__ = [
@@ -61,8 +62,6 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: Pillow modes counted as grey; every other mode is colour
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-#: the smallest side an image may have (two stride-2 stages still leave a pixel)
-MIN_SIDE = 4
 #: bumped when the cache's contents change meaning
 CACHE_VERSION = 1
 

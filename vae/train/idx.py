@@ -25,6 +25,7 @@ from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.utils import download_url
 
 from vae.errors import DatasetError
+from vae.train.data_config import IDX_DATASETS
 
 __all__ = [
     "IDX_DATASETS",
@@ -36,9 +37,6 @@ __all__ = [
     "locate_files",
     "read_idx",
 ]
-
-#: the datasets read from IDX files
-IDX_DATASETS = ("mnist", "fashion_mnist")
 
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

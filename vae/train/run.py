@@ -366,7 +366,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     silence_known_noise()
     validate_config(cfg)
-    datamodule = _instantiate(cfg.data)  # checks the data.* keys (vae.train.data.DATA_RULES)
+    datamodule = _instantiate(cfg.data)  # checks the data.* keys (vae.train.data_config.DATA_RULES)
     data_root = datamodule.hparams["root"]
     output_dir = Path(cfg.paths.output_dir).absolute()
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
