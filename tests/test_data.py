@@ -43,6 +43,7 @@ from idx_helpers import (
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
+from vae.core.seeding import derive_seed
 from vae.train import data, idx
 from vae.train.config import ConfigError, UserError
 from vae.train.data import (
@@ -533,6 +534,39 @@ def test_epoch_shuffle_sampler_depends_only_on_seed_and_epoch() -> None:
     assert list(again) == first
     other = EpochShuffleSampler(ds, seed=6)
     assert list(other) != first
+
+
+def test_dynamic_eval_splits_are_drawn_a_chunk_at_a_time(
+    fake_root: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``dynamic`` the val/test draws convert ``CHUNK`` images at a time (a folder's split
+    as float could exceed memory), and give the draws of one call over the whole split."""
+    settings = {"root": fake_root.root, "download": False, "val_size": 50}
+    grey = MNISTDataModule(**settings)
+    grey.setup()
+    sizes: list[int] = []
+    convert = data.to_float
+
+    def spy(images: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        sizes.append(images.shape[0])
+        return convert(images, **kwargs)
+
+    monkeypatch.setattr(data, "CHUNK", 16)
+    monkeypatch.setattr(data, "to_float", spy)
+    dm = MNISTDataModule(**settings, binarize="dynamic")
+    dm.setup()
+    assert max(sizes) == 16
+    assert sum(sizes) == 50 + 100  # every val and test image once
+    for split, drawn, plain in (
+        ("val", dm.val_dataset, grey.val_dataset),
+        ("test", dm.test_dataset, grey.test_dataset),
+    ):
+        # one draw over the whole split: U < x / 255 with U from the split's seeded generator
+        g = torch.Generator().manual_seed(derive_seed(("binarize", split, 0)))
+        u = torch.rand(plain.images.shape, generator=g)
+        expected = (u < plain.images.to(torch.float32) / 255).to(torch.uint8) * 255
+        assert torch.equal(drawn.images, expected), split
+        assert torch.equal(drawn.labels, plain.labels)
 
 
 def test_on_after_batch_transfer_train_vs_eval(fake_root: SimpleNamespace) -> None:
