@@ -75,8 +75,8 @@ def test_class_folders_give_labels_in_file_name_order(tmp_path: Path) -> None:
 
 def test_a_flat_folder_has_no_labels(tmp_path: Path) -> None:
     root = tmp_path / "flat"
-    arrays = [_png(root / f"img{i}.png", _rgb(i)) for i in range(5)]
-    dm = _dm(root, tmp_path / "cache", val_size=1, test_size=1)
+    arrays = [_png(root / f"img{i}.png", _rgb(i)) for i in range(6)]
+    dm = _dm(root, tmp_path / "cache", val_size=1, test_size=2)
     assert dm.dims == (3, 8, 8)
     assert dm.class_names == ()
     dm.setup()
@@ -300,9 +300,10 @@ def test_folder_config_errors(tmp_path: Path) -> None:
         ImageDataModule(dataset="folder")
     with pytest.raises(ConfigError, match=r"^data.channels=2: expected null or one of 1, 3"):
         ImageDataModule(dataset="folder", root="x", channels=2)
-    _png(tmp_path / "imgs" / "a.png", _grey(0))
-    dm = _dm(tmp_path / "imgs", tmp_path / "c", val_size=5)
-    with pytest.raises(ConfigError, match=r"^data.val_size=5: the data has 1 images there"):
+    for i in range(4):
+        _png(tmp_path / "imgs" / f"{i}.png", _grey(i))
+    dm = _dm(tmp_path / "imgs", tmp_path / "c", test_size=2, val_size=5)
+    with pytest.raises(ConfigError, match=r"^data.val_size=5: the data has 2 images there"):
         dm.setup()
 
 
@@ -320,6 +321,59 @@ def test_train_py_prints_one_error_line_for_a_bad_image(tmp_path: Path) -> None:
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
     assert lines == [f"error: {bad}: cannot decode the image " + lines[0].split("image ", 1)[1]]
     assert _snapshot(root) == before
+
+
+def _train_py(root: Path, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "data=folder", f"data.root={root}",
+         f"data.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={tmp_path / 'logs'}",
+         "trainer.max_epochs=1", "trainer.accelerator=cpu", *overrides],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        (4, "error: data.test_size=0.1: 0 of the folder's 4 images (0.1 × 4 rounds to 0), but "
+            "the test split needs at least 2 and training one; set data.test_size=2 (a count of "
+            "images), or add images"),
+        (2, "error: data.test_size=0.1: 0 of the folder's 2 images (0.1 × 2 rounds to 0), but "
+            "the test split needs at least 2 and training one; add images (at least 3 in all)"),
+    ],
+)  # fmt: skip
+def test_train_py_refuses_a_folder_too_small_for_its_splits(
+    count: int, expected: str, tmp_path: Path
+) -> None:
+    for i in range(count):
+        _png(tmp_path / "imgs" / f"{i}.png", _grey(i))
+    out = _train_py(tmp_path / "imgs", tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert [ln for ln in out.stderr.splitlines() if ln.startswith("error:")] == [expected]
+    assert "Traceback" not in out.stderr
+
+
+def test_every_split_too_small_is_named(tmp_path: Path) -> None:
+    for i in range(4):
+        _png(tmp_path / "flat" / f"{i}.png", _grey(i))
+    with pytest.raises(ConfigError, match=r"^data.test_size=0: 0 of the folder's 4 images, but"):
+        _dm(tmp_path / "flat", tmp_path / "c", test_size=0).setup()
+    with pytest.raises(ConfigError, match=r"^data.test_size=1: 1 of the folder's 4 images, but"):
+        _dm(tmp_path / "flat", tmp_path / "c", test_size=1).setup()
+    with pytest.raises(
+        ConfigError,
+        match=r"^data.val_size=0.1: 0 of the 2 training images \(0.1 × 2 rounds to 0\), but the "
+        r"validation split needs an image and training one; set data.val_size=1 \(a count of "
+        r"images\) or data.val_size=0 \(no validation\), or add images$",
+    ):
+        _dm(tmp_path / "flat", tmp_path / "c", test_size=2, val_size=0.1).setup()
+    dm = _dm(tmp_path / "flat", tmp_path / "c", test_size=2, val_size=0)  # 2 test, 2 training
+    dm.setup()
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (2, 0, 2)
+    _png(tmp_path / "split" / "train" / "a.png", _grey(0))
+    _png(tmp_path / "split" / "test" / "b.png", _grey(1))
+    with pytest.raises(DatasetError, match=r"split/test: 1 image, but the test split needs at"):
+        _dm(tmp_path / "split", tmp_path / "c", val_size=0).setup()
 
 
 # --------------------------------------------------------------------------------------------

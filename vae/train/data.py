@@ -300,13 +300,32 @@ def _data_config(settings: dict[str, Any]) -> DataConfig:
     return DataConfig(**(settings | {"root": str(Path(root).expanduser().absolute())}))
 
 
-def _count(key: str, size: int | float, n: int) -> int:
-    """``data.<key>`` (a count, or a fraction) as a number of images out of ``n``, leaving one."""
+#: the fewest test images a run can use (the figures and the explorer compare test images)
+MIN_TEST = 2
+
+
+def _count(key: str, size: int | float, n: int, *, pool: str) -> int:
+    """``data.<key>`` (a count, or a fraction) as a number of images out of the ``n`` that ``pool``
+    names ("the folder's {n} images"), leaving one for training. A test split needs
+    :data:`MIN_TEST` images, a validation split that ``size`` asks for one."""
     count = round(size * n) if isinstance(size, float) else size
     if count >= n:
         raise ConfigError(
             f"data.{key}={size!r}: the data has {n:,} images there, so none would remain for "
             "training; set a smaller count or a fraction such as 0.1"
+        )
+    least = MIN_TEST if key == "test_size" else 1 if size else 0
+    if count < least:
+        split = "test" if key == "test_size" else "validation"
+        why = f" ({size!r} × {n:,} rounds to {count})" if isinstance(size, float) else ""
+        need = f"at least {least}" if least > 1 else "an image"
+        values = [f"data.{key}={least} (a count of images)"] if n > least else []
+        values += ["data.val_size=0 (no validation)"] if key == "val_size" else []
+        more = f"add images (at least {least + 1} in all)"
+        fix = f"set {' or '.join(values)}, or add images" if values else more
+        raise ConfigError(
+            f"data.{key}={size!r}: {count} of {pool.format(n=f'{n:,}')}{why}, but the {split} "
+            f"split needs {need} and training one; {fix}"
         )
     return count
 
@@ -437,9 +456,14 @@ class ImageDataModule(L.LightningDataModule):
         f = self.folder()
         n = f.images.shape[0]
         if f.test_start is not None:  # train/ and test/: contiguous rows
+            if n - f.test_start < MIN_TEST:
+                raise DatasetError(
+                    f"{self.root / 'test'}: {n - f.test_start} image, but the test split needs at "
+                    f"least {MIN_TEST}; add images to it"
+                )
             span = slice(0, f.test_start) if part == "train" else slice(f.test_start, n)
             return f.images[span], f.labels[span], None
-        n_test = _count("test_size", self.config.test_size, n)
+        n_test = _count("test_size", self.config.test_size, n, pool="the folder's {n} images")
         perm = torch.randperm(
             n, generator=torch.Generator().manual_seed(derive_seed(("test", self.config.seed)))
         )
@@ -463,7 +487,7 @@ class ImageDataModule(L.LightningDataModule):
             images, labels, pool = self._part("train")
             n = len(images) if pool is None else len(pool)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed))
-            n_val = _count("val_size", self.config.val_size, n)
+            n_val = _count("val_size", self.config.val_size, n, pool="the {n} training images")
             self.val_indices = perm[:n_val].sort().values  # ascending
             self.train_indices = perm[n_val:].sort().values
 
