@@ -259,7 +259,11 @@ def test_read_idx_of_a_directory_names_it(tmp_path: Path) -> None:
 
 def test_data_errors_spell_the_fix_of_the_calling_command(fake_root: SimpleNamespace) -> None:
     hints = DataHints(
-        not_fetched="NOT-FETCHED", fetch="FETCH {mirrors}", refetch="REFETCH", root="ROOT {raw}"
+        not_fetched="NOT-FETCHED",
+        fetch="FETCH {mirrors}",
+        refetch="REFETCH",
+        root="ROOT {raw}",
+        folder="FOLDER",
     )
     with pytest.raises(DatasetError) as err:
         locate_files("mnist", fake_root.root / "nowhere", hints=hints)

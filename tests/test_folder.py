@@ -540,3 +540,41 @@ def test_a_redraw_says_when_the_folder_has_changed(flat_run: Path, tmp_path: Pat
     changed = redraw()
     assert changed.returncode == 0, changed.stderr
     assert f"note: {copy} has changed since the model was trained" in changed.stderr
+
+
+def test_a_redraw_of_a_moved_or_reshaped_folder_says_what_to_pass(
+    flat_run: Path, tmp_path: Path
+) -> None:
+    """The folder the run recorded is gone (moved): both commands name it and ``--data-root``;
+    a folder whose images no longer have the trained shape is refused the same way."""
+    folder = flat_run.parent / "flat"
+
+    def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", module, str(flat_run), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    fix = (
+        "pass --data-root DIR for the folder of images the model was trained on (where it is "
+        "now, if it moved)"
+    )
+    moved = folder.rename(flat_run.parent / "moved")
+    try:
+        for module, out in (("vae.visualize", "figs"), ("vae.explore", "page.html")):
+            done = run(module, "--out", str(tmp_path / out))
+            assert done.returncode == 2, done.stderr[-2000:]
+            errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+            assert errors == [f"error: {folder}: no such file or directory; {fix}"], module
+        again = run("vae.visualize", "--out", str(tmp_path / "figs"), "--data-root", str(moved))
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "has changed" not in again.stderr  # the same files: moving changes nothing
+    finally:
+        moved.rename(folder)
+    bigger = tmp_path / "bigger"
+    for i in range(20):
+        _png(bigger / f"{i:02d}.png", _grey(i, (16, 16)))
+    done = run("vae.explore", "--out", str(tmp_path / "p.html"), "--data-root", str(bigger))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == (
+        f"error: {bigger}: its images are now 1×16×16 (channels×height×width), the model was "
+        f"trained on 1×12×12; {fix}"
+    )

@@ -368,6 +368,13 @@ def _eval_sampler(trainer: Any, ds: IndexedTensorDataset) -> Sampler | None:
     )
 
 
+def _require(ds: IndexedTensorDataset | None, split: str) -> IndexedTensorDataset:
+    if ds is None:
+        stage = {"train": "fit", "val": "fit", "test": "test"}[split]
+        raise RuntimeError(f"the {split} split is not loaded: call setup({stage!r}) first")
+    return ds
+
+
 # --------------------------------------------------------------------------------------------
 # The DataModule
 
@@ -423,7 +430,11 @@ class ImageDataModule(L.LightningDataModule):
             cache = self.config.cache_dir or _default_cache_dir()
             c = self.config
             self._folder = load_folder(
-                self.root, cache_dir=cache, channels=c.channels, image_size=c.image_size
+                self.root,
+                cache_dir=cache,
+                channels=c.channels,
+                image_size=c.image_size,
+                root_fix=self.hints.folder,
             )
         return self._folder
 
@@ -519,28 +530,35 @@ class ImageDataModule(L.LightningDataModule):
         self.recorded = dict(state_dict)
 
     def changed_since_training(self) -> str | None:
-        """A note when the folder's fingerprint differs from the one the checkpoint recorded."""
+        """A note when the folder's fingerprint differs from the one the checkpoint recorded; an
+        error when its images no longer have the recorded shape (the model cannot read them)."""
         was = getattr(self, "recorded", {}).get("fingerprint")
         if not self.is_folder or was is None or was == self.folder().fingerprint:
             return None
+        now, trained = ("×".join(map(str, d)) for d in (self.dims, self.recorded["dims"]))
+        if now != trained:
+            raise DatasetError(
+                f"{self.root}: its images are now {now} (channels×height×width), the model was "
+                f"trained on {trained}; {self.hints.folder}"
+            )
         return (
             f"note: {self.root} has changed since the model was trained (its fingerprint of file "
             "names, sizes and modification times differs): this shows the folder as it is now"
         )
 
     def train_dataloader(self) -> DataLoader:
-        ds = self._require(self.train_dataset, "train")
+        ds = _require(self.train_dataset, "train")
         sampler = EpochShuffleSampler(ds, seed=self.config.seed)
         return self._loader(ds, self.config.batch_size, sampler, position=self._batches_trained)
 
     def val_dataloader(self) -> DataLoader | list:
-        ds = self._require(self.val_dataset, "val")
+        ds = _require(self.val_dataset, "val")
         if len(ds) == 0:
             return []  # val_size=0: no validation
         return self._loader(ds, self.config.eval_batch_size, _eval_sampler(self.trainer, ds))
 
     def test_dataloader(self) -> DataLoader:
-        ds = self._require(self.test_dataset, "test")
+        ds = _require(self.test_dataset, "test")
         return self._loader(ds, self.config.eval_batch_size, _eval_sampler(self.trainer, ds))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -562,7 +580,7 @@ class ImageDataModule(L.LightningDataModule):
         """The training split's mean image ``(C, H, W)``, float64 in [0, 1]: the expectation of the
         images as served (grey levels; under ``dynamic`` the same, being each draw's expectation;
         under ``static`` the fraction of images with the pixel on). Needs ``setup("fit")``."""
-        ds = self._require(self.train_dataset, "train")
+        ds = _require(self.train_dataset, "train")
         total = torch.zeros(ds.source_images.shape[1:], dtype=torch.int64)
         for start in range(0, len(ds), CHUNK):  # an int64 copy of a split is large
             chunk = ds.__getitems__(range(start, min(start + CHUNK, len(ds))))[0]
@@ -610,13 +628,6 @@ class ImageDataModule(L.LightningDataModule):
         """Training batches completed in the current epoch (what a mid-epoch checkpoint records)."""
         loop = getattr(self.trainer, "fit_loop", None)  # None: no Trainer (the loader on its own)
         return loop.epoch_loop.batch_progress.current.completed if loop is not None else 0
-
-    @staticmethod
-    def _require(ds: IndexedTensorDataset | None, split: str) -> IndexedTensorDataset:
-        if ds is None:
-            stage = {"train": "fit", "val": "fit", "test": "test"}[split]
-            raise RuntimeError(f"the {split} split is not loaded: call setup({stage!r}) first")
-        return ds
 
 
 #: the names MNIST-era configs and checkpoints use

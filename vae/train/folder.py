@@ -48,6 +48,7 @@ from PIL import Image, UnidentifiedImageError
 from vae.errors import DatasetError
 from vae.train.data_config import MIN_SIDE
 from vae.train.files import atomic_file, write_atomic
+from vae.train.idx import TRAIN_HINTS
 
 __all__ = [
     "GREY_MODES",
@@ -192,9 +193,13 @@ def _split_files(directory: Path, ancestors: frozenset) -> tuple[list[Path], lis
     return [paths[i] for i in order], [labels[i] for i in order], [d.name for d in dirs]
 
 
-def scan_folder(root: str | os.PathLike[str]) -> Scan:
-    """List the folder's images by layout (module docstring), with their fingerprint."""
+def scan_folder(root: str | os.PathLike[str], *, root_fix: str = TRAIN_HINTS.folder) -> Scan:
+    """List the folder's images by layout (module docstring), with their fingerprint. A ``root``
+    that is missing or not a folder is an error ending in ``root_fix`` (the calling command's)."""
     root = Path(root).expanduser().absolute()
+    if not root.is_dir() and not root.is_symlink():  # a link: _stat names a broken one or a loop
+        problem = "not a folder" if root.exists() else "no such file or directory"
+        raise _fail(root, problem, root_fix)
     dirs, files, ancestors = _entries(root, frozenset())
     names = {d.name for d in dirs}
     if {"train", "test"} <= names:
@@ -356,9 +361,11 @@ def load_folder(
     cache_dir: str | os.PathLike[str],
     channels: int | None = None,
     image_size: int | None = None,
+    root_fix: str = TRAIN_HINTS.folder,
 ) -> FolderImages:
-    """The folder's images, from the cache when it matches the folder, else decoded into it."""
-    scan = scan_folder(root)
+    """The folder's images, from the cache when it matches the folder, else decoded into it
+    (``root_fix``: as :func:`scan_folder`)."""
+    scan = scan_folder(root, root_fix=root_fix)
     cache = Path(cache_dir).expanduser().absolute()
     if cache == scan.root or scan.root in cache.parents:
         raise DatasetError(

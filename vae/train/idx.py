@@ -105,6 +105,7 @@ class DataHints:
     fetch: str  # how to download the missing files
     refetch: str  # what to do with a corrupt file
     root: str  # how to point the command at another data root
+    folder: str  # how to point the command at the folder of images (data=folder)
 
 
 TRAIN_HINTS = DataHints(
@@ -113,6 +114,7 @@ TRAIN_HINTS = DataHints(
     refetch="delete it and download it again (data.download=true), or replace it",
     root="set data.root (default: the VAE_DATA_DIR environment variable, else ./data) to a "
     "directory holding {raw}",
+    folder="set data.root to your folder of images",
 )
 
 # --------------------------------------------------------------------------------------------

@@ -303,6 +303,8 @@ def cli_hints(prog: str, *, env_var: bool) -> DataHints:
         "training)",
         refetch=f"replace it with the published file ({prog} does not download)",
         root=f"pass --data-root DIR{also} for a directory DIR holding {{raw}}",
+        folder="pass --data-root DIR for the folder of images the model was trained on (where it "
+        "is now, if it moved)",
     )
 
 
