@@ -143,8 +143,9 @@ def main() -> None:
     parser.add_argument("--before-rev", default=BEFORE_REV)
     parser.add_argument("--canonical-epochs", type=int, default=10)
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    parser.add_argument("--json", type=Path, default=OUT_JSON, help="where the results accumulate")
     args = parser.parse_args()
-    results = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
+    results = json.loads(args.json.read_text()) if args.json.exists() else {}
     with tempfile.TemporaryDirectory(prefix="ttq-") as scratch:
         scratch = Path(scratch)
         before = export(args.before_rev, scratch / "before") if "before" in args.recipes else None
@@ -156,7 +157,7 @@ def main() -> None:
             for seed in seeds:
                 tree = before if recipe == "before" else REPO
                 results[f"{recipe}/{seed}"] = run(recipe, seed, tree, scratch, extra)
-                write_atomic(OUT_JSON, json.dumps(results, indent=1) + "\n")
+                write_atomic(args.json, json.dumps(results, indent=1) + "\n")
     print(table(results))
     plot(results)
 

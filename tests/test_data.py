@@ -536,7 +536,9 @@ def test_epoch_shuffle_sampler_depends_only_on_seed_and_epoch() -> None:
 
 
 def test_on_after_batch_transfer_train_vs_eval(fake_root: SimpleNamespace) -> None:
-    dm = MNISTDataModule(root=fake_root.root, download=False, val_size=50, binarize="dynamic")
+    dm = MNISTDataModule(
+        root=fake_root.root, download=False, val_size=50, binarize="dynamic", batch_size=128
+    )
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     x, y, _ = dm.on_after_batch_transfer(batch, 0)  # no trainer: evaluation
@@ -586,6 +588,7 @@ def test_device_resident_moves_splits(fake_root: SimpleNamespace) -> None:
         device_resident=True,
         num_workers=2,
         pin_memory=True,
+        batch_size=128,
     )
     dm.trainer = fake_trainer(training=True, device="meta")
     dm.setup("fit")
@@ -735,7 +738,7 @@ def test_real_shapes_dtypes_and_range(real: SimpleNamespace) -> None:
         assert float(x.min()) >= 0.0
         assert float(x.max()) <= 1.0
     x, _, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
-    assert x.shape[0] == 128
+    assert x.shape[0] == dm.batch_size == 512  # DataConfig's default
     x, _, _ = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())), 0)
     assert x.shape[0] == 1000
     # grey levels are exactly ToTensor's: uint8 / 255
