@@ -16,7 +16,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from vae.train.callbacks import EpochTimer, ParameterSummary, RoundedProgressBar
 from vae.train.config import validate_config
 from vae.train.data import MNISTDataModule
-from vae.train.run import _instantiate_all, build_module
+from vae.train.environment import cpu_has_native_bf16
+from vae.train.run import _instantiate_all, build_module, build_trainer
 from vae.viz.callbacks import ExplorerWriter, LatentVisualizer
 
 
@@ -46,8 +47,8 @@ def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
     assert cfg.model.likelihood == "bernoulli"
     assert cfg.trainer.accelerator == "auto"
     assert cfg.trainer.max_epochs == 100
-    assert cfg.optim.lr == 3e-3
-    assert cfg.data.batch_size == 128
+    assert cfg.optim.lr == 4e-3
+    assert cfg.data.batch_size == 512
     assert cfg.data.val_size == 5000
     assert cfg.data.binarize == "none"
     assert cfg.data.seed == cfg.seed == cfg.eval.seed
@@ -58,7 +59,7 @@ def test_data_options_instantiate(option: str, tmp_path: Path) -> None:
     dm = instantiate(compose_config([f"data={option}"], output_dir=tmp_path).data)
     assert isinstance(dm, MNISTDataModule)
     assert dm.dataset == option
-    assert dm.batch_size == 128
+    assert dm.batch_size == 512
     assert dm.download is False  # the test config never touches the network
 
 
@@ -83,9 +84,10 @@ def test_trainer_options_instantiate_on_cpu(
     option: str, accelerator: str, devices: int, strategy: type | None, tmp_path: Path
 ) -> None:
     cfg = compose_config([f"trainer={option}"], output_dir=tmp_path)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False)
+    trainer, _ = build_trainer(cfg)  # precision=auto is resolved there, not by Lightning
     if not torch.cuda.is_available():
         assert type(trainer.accelerator).__name__ == "CPUAccelerator"
+        assert str(trainer.precision) == ("bf16-mixed" if cpu_has_native_bf16() else "32-true")
     assert trainer.num_devices == devices or option == "default"
     if strategy is not None:
         assert isinstance(trainer.strategy, strategy)
@@ -97,7 +99,21 @@ def test_gpu_trainer_options_compose(option: str, tmp_path: Path) -> None:
     assert cfg.trainer.accelerator == "gpu"
     assert cfg.trainer.num_nodes == 3
     if torch.cuda.is_available():
-        assert isinstance(instantiate(cfg.trainer, logger=False), L.Trainer)
+        assert isinstance(build_trainer(cfg)[0], L.Trainer)
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [("fpu sse avx512f avx512_bf16 avx512_vnni", True), ("fpu amx_bf16 amx_tile", True),
+     ("fpu sse avx2 avx512f avx512bw", False)],
+)  # fmt: skip
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(
+    flags: str, native: bool, tmp_path: Path
+) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\n")
+    assert cpu_has_native_bf16(cpuinfo) is native
+    assert cpu_has_native_bf16(tmp_path / "absent") is False  # not Linux: float32
 
 
 def test_callbacks_and_logger_instantiate(tmp_path: Path) -> None:

@@ -158,6 +158,22 @@ def test_bf16_mixed_precision_path_runs_on_cpu(make_cfg) -> None:
     assert metrics["val/loss"] < before - 100, (metrics["val/loss"], before)
 
 
+def test_bf16_runs_report_the_float32_numbers_of_their_weights(make_cfg) -> None:
+    """Under bf16-mixed only training steps run in bfloat16: the test numbers a run reports are
+    those a float32 trainer computes from its final weights (last.ckpt), to float32 rounding."""
+    cfg = make_cfg("trainer.precision=bf16-mixed", "callbacks.visualize.projector=false")
+    reported = train(cfg)
+    module = VAEModule.load_from_checkpoint(Path(cfg.paths.output_dir) / "checkpoints/last.ckpt")
+    datamodule = instantiate(cfg.data)
+    checker = L.Trainer(
+        accelerator="cpu", precision="32-true", logger=False, limit_test_batches=2,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    (float32,) = checker.test(module, datamodule=datamodule, verbose=False)
+    for key in ("test/loss", "test/recon", "test/kl", "test/nll_iw"):
+        assert reported[key] == pytest.approx(float32[key], rel=1e-6, abs=1e-4), key
+
+
 @pytest.mark.slow
 def test_default_run_reaches_the_target(make_cfg) -> None:
     """The default 2-D run (100 epochs, ~15 min on 2 CPU cores): test −ELBO ≤ 137 nats per image.

@@ -753,6 +753,53 @@ def test_each_due_epoch_and_the_end_get_exactly_one_set_of_images(
     assert np.all(png == round(255 * 8 * epochs_run / 100))
 
 
+@pytest.mark.parametrize(
+    ("epoch_s", "draw_s"),
+    [(1.0, 3.0), (10.0, 0.1), (1.0, 100.0)],  # figures: 3 epochs' cost, a tiny one, a huge one
+)
+def test_auto_cadence_keeps_drawing_within_its_share_of_the_fit(
+    epoch_s: float, draw_s: float
+) -> None:
+    """every_n_epochs=auto on a clock where an epoch takes ``epoch_s`` and a set of figures
+    ``draw_s``: the first epoch is drawn; every later draw keeps the time spent on figures within
+    5 % of the fit; and no epoch that could have been drawn within it was skipped."""
+    now = [0.0]
+    callback = LatentVisualizer(projector=False)  # every_n_epochs="auto" by default
+    callback._clock = lambda: now[0]
+
+    def draw(trainer: SimpleNamespace, module: object) -> dict[str, Tensor]:
+        now[0] += draw_s
+        return {}
+
+    callback._draw = draw
+    trainer = SimpleNamespace(is_global_zero=True, sanity_checking=False, loggers=[])
+    callback.on_fit_start(trainer, None)
+    drawn, spent = [], 0.0
+    for epoch in range(300):
+        now[0] += epoch_s
+        trainer.current_epoch, trainer.global_step = epoch, epoch + 1
+        would_fit = spent + draw_s <= 0.05 * (now[0] + draw_s)  # drawing now stays within 5 %
+        callback.on_train_epoch_end(trainer, None)
+        if now[0] > (epoch + 1) * epoch_s + spent:  # the clock moved: it drew
+            drawn.append(epoch)
+            spent += draw_s
+            assert epoch == 0 or spent <= 0.05 * now[0] + 1e-9, (epoch, spent, now[0])
+        else:
+            assert not would_fit, epoch
+    assert drawn[0] == 0
+    if draw_s <= 0.05 * epoch_s:  # cheap figures: every epoch, as every_n_epochs=1
+        assert drawn == list(range(300))
+    else:
+        assert 1 < len(drawn) < 300 or draw_s > 0.05 * 300 * epoch_s, drawn
+
+
+def test_every_n_epochs_takes_auto_or_a_count() -> None:
+    assert LatentVisualizer().every_n_epochs == "auto"
+    for bad in (-1, "sometimes", 1.5):
+        with pytest.raises(ValueError, match="every_n_epochs must be auto or ≥ 0"):
+            LatentVisualizer(every_n_epochs=bad)
+
+
 def test_only_global_rank_zero_draws_or_writes(tmp_path: Path) -> None:
     callback = LatentVisualizer(every_n_epochs=1, projector=True)
     drawn, steps = _fake_fit(callback, tmp_path, epochs_run=2, max_epochs=2, rank=1)

@@ -63,7 +63,7 @@ register_defaults()
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = (
-    "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
+    "auto", "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
 )  # fmt: skip
 #: the top-level keys of configs/train.yaml (``hydra`` is Hydra's own)
 TOP_LEVEL = (

@@ -108,6 +108,35 @@ def collect_environment(
     }
 
 
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (the ``avx512_bf16`` or ``amx_bf16`` flag of
+    /proc/cpuinfo); without it bf16 autocast emulates and is slower than float32. False off Linux."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return bool({"avx512_bf16", "amx_bf16"} & set(value.split()))
+    return False
+
+
+def auto_precision(accelerator: str) -> str:
+    """``trainer.precision=auto``: ``bf16-mixed`` where the device computes bfloat16 natively (a
+    CPU with AVX-512 BF16 or AMX, a CUDA GPU that supports it), else ``32-true``. The weights stay
+    float32 either way, and validation and test run in float32 (:class:`vae.train.module.VAEModule`),
+    so only the training step's arithmetic changes (what it buys: benchmarks/README.md)."""
+    use_cuda = accelerator in ("gpu", "cuda") or (
+        accelerator == "auto" and torch.cuda.is_available()
+    )
+    if use_cuda:
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = accelerator in ("auto", "cpu") and cpu_has_native_bf16()
+    return "bf16-mixed" if native else "32-true"
+
+
 def format_environment(env: dict[str, Any]) -> str:
     """One line: ``vae 78fd0a0-dirty · Python 3.11.2 · torch 2.14.1 · lightning 2.6.6 · cpu (AMD
     EPYC 7B13, 2 threads) · 32-true``; CUDA and cuDNN versions follow a GPU's name."""

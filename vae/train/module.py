@@ -42,6 +42,13 @@ from vae.train.optim import configure_optimizer
 __all__ = ["EVAL_NOISE_BLOCK", "IW_NOISE_BLOCK", "NETWORK_KEYS", "NonFiniteLossError", "VAEModule"]
 
 
+def float32(x: Tensor) -> torch.autocast:
+    """Autocast off on ``x``'s device: under ``trainer.precision=bf16-mixed`` (or ``16-mixed``) the
+    weights are float32 and only the training step runs in lower precision, so the reported
+    validation and test numbers are the float32 numbers of the same weights."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 class VAEModule(L.LightningModule):
     """A VAE trained on the negative ELBO with a closed-form Gaussian KL against N(0, I).
 
@@ -212,7 +219,8 @@ class VAEModule(L.LightningModule):
     def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> None:
         x = batch[0]
         eps = self.eval_noise(batch[2], stage) if len(batch) > 2 else None
-        self.eval_metrics.update(stage, self.elbo_terms(x, eps=eps))
+        with float32(x):
+            self.eval_metrics.update(stage, self.elbo_terms(x, eps=eps))
 
     def _log_eval_epoch(self, stage: str) -> None:
         for name, value in self.eval_metrics.epoch(stage).items():
@@ -227,7 +235,8 @@ class VAEModule(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self._eval_step(batch, "test")
         index = batch[2] if len(batch) > 2 else None  # (images, labels, indices)
-        nll_iw = self.iw_nll(batch[0], n_samples=self.iw_samples, index=index)
+        with float32(batch[0]):
+            nll_iw = self.iw_nll(batch[0], n_samples=self.iw_samples, index=index)
         self.eval_metrics.means["test_nll_iw"].update(nll_iw)
 
     def on_test_epoch_end(self) -> None:

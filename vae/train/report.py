@@ -261,6 +261,8 @@ def print_summary(
 _LIGHTNING_NOISE = re.compile(
     r"💡 Tip: |TPU available: False, using: 0 TPU cores$"
     r"|Loading `train_dataloader` to estimate number of stepping batches\.$"
+    # the precision is in the summary's environment line (trainer.precision=auto picks it)
+    r"|Using (bfloat16|16bit) Automatic Mixed Precision \(AMP\)$"
 )
 _LIGHTNING_INFO_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",

@@ -43,6 +43,7 @@ from vae.train.checkpointing import (
 from vae.train.cli import sweep_jobs
 from vae.train.config import validate_config
 from vae.train.diskspace import disk_full_is_one_line
+from vae.train.environment import auto_precision
 from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
 from vae.train.preemption import Preemption
@@ -236,13 +237,16 @@ def build_trainer(cfg: DictConfig) -> tuple[L.Trainer, Preemption]:
     loggers = _instantiate_all(cfg.get("logger"))
     if not loggers:  # logger=null: Lightning refuses a learning-rate monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    asked = cfg.trainer.get("precision")
+    if asked == "auto":  # what this device computes fastest (vae.train.environment.auto_precision)
+        asked = auto_precision(str(cfg.trainer.get("accelerator", "auto")))
     trainer = _build_trainer(
         cfg,
         callbacks=[*callbacks, preemption],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
+        **({"precision": asked} if asked is not None else {}),
     )
-    asked = cfg.trainer.get("precision")
     if asked is not None and str(trainer.precision) != str(asked):  # Lightning swapped it quietly
         raise ConfigError(
             f"trainer.precision={asked!r} is not supported on {trainer.strategy.root_device.type} "

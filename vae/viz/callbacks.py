@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from vae.rules import Rule, int_at_least, optional
+from vae.rules import Rule, int_at_least, one_of, optional
 from vae.train.environment import collect_environment
 from vae.viz import explore
 from vae.viz import figures as visualize
@@ -47,7 +47,9 @@ class LatentVisualizer(L.Callback):
 
     Args:
         every_n_epochs: log the figures to TensorBoard (group ``images/``) every n training epochs
-            (0 = only at the end).
+            (0 = only at the end), or ``"auto"``: after the first epoch, then whenever drawing again
+            keeps the time spent on figures within :attr:`AUTO_SHARE` of the fit so far (drawing
+            costs about an epoch of the default model; every epoch would cost a fifth of the run).
         png_dir: where the PNGs go at the end of training (default: the trainer's root dir, i.e.
             the run directory).
         projector: write the TensorBoard embedding projector (test-set posterior means, digit
@@ -59,7 +61,10 @@ class LatentVisualizer(L.Callback):
 
     #: what each key of ``callbacks.visualize`` allows (read by :func:`vae.train.config.validate_config`)
     CONFIG_RULES: ClassVar[dict[str, Rule]] = {
-        "every_n_epochs": int_at_least(0),
+        "every_n_epochs": (
+            lambda v: one_of(("auto",))[0](v) or int_at_least(0)[0](v),
+            "auto or an integer ≥ 0",
+        ),
         "projector_points": optional(int_at_least(1)),
         **{f.name: f.metadata["rule"] for f in dataclasses.fields(visualize.FigureOptions)},
     }
@@ -67,16 +72,16 @@ class LatentVisualizer(L.Callback):
     def __init__(
         self,
         *,
-        every_n_epochs: int = 1,
+        every_n_epochs: int | str = "auto",
         png_dir: str | None = None,
         projector: bool = True,
         projector_points: int | None = None,
         **figure_options: Any,
     ) -> None:
         super().__init__()
-        if every_n_epochs < 0:
+        if not self.CONFIG_RULES["every_n_epochs"][0](every_n_epochs):
             raise ValueError(
-                f"callbacks.visualize.every_n_epochs must be ≥ 0, got {every_n_epochs}"
+                f"callbacks.visualize.every_n_epochs must be auto or ≥ 0, got {every_n_epochs!r}"
             )
         self.every_n_epochs = every_n_epochs
         self.png_dir = png_dir
@@ -84,6 +89,8 @@ class LatentVisualizer(L.Callback):
         self.projector_points = projector_points
         self.options = visualize.FigureOptions(**figure_options)
         self._logged_step: int | None = None  # global_step of the last images/ logged this fit
+        # every_n_epochs="auto": when this fit started, seconds spent drawing, the last draw's cost
+        self._fit_start = self._spent = self._last_draw = 0.0
         self.png_paths: list[Path] = []  # the PNGs written at the end of the last fit
 
     # ---- data ------------------------------------------------------------------------------------
@@ -116,14 +123,33 @@ class LatentVisualizer(L.Callback):
         self._logged_step = trainer.global_step
 
     # ---- hooks -----------------------------------------------------------------------------------
+    #: every_n_epochs="auto": the largest share of the fit's wall time spent drawing figures
+    AUTO_SHARE: ClassVar[float] = 0.05
+    _clock = staticmethod(
+        time.perf_counter
+    )  # seconds; a test gives the callback a clock of its own
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._logged_step = None
+        self._fit_start, self._spent, self._last_draw = self._clock(), 0.0, 0.0
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        if self.every_n_epochs != "auto":
+            return (
+                self.every_n_epochs != 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            )
+        if self._last_draw == 0.0:  # nothing drawn yet in this fit: the first epoch's figures
+            return True
+        elapsed = self._clock() - self._fit_start
+        return self._spent + self._last_draw <= self.AUTO_SHARE * (elapsed + self._last_draw)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or self.every_n_epochs == 0 or trainer.sanity_checking:
+        if not trainer.is_global_zero or trainer.sanity_checking or not self._due(trainer):
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._log_images(trainer, self._draw(trainer, pl_module))
+        start = self._clock()
+        self._log_images(trainer, self._draw(trainer, pl_module))
+        self._last_draw = self._clock() - start
+        self._spent += self._last_draw
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The final figures: TensorBoard images, PNGs in the run directory, the projector.
