@@ -9,7 +9,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
 from vae.train.preemption import Preemption
 from vae.train.report import silence_known_noise, with_bits_per_dim
+from vae.train.shell import command, override
 from vae.train.summary import RunSummary
 
 
@@ -320,9 +320,9 @@ def _resume_command(ckpt: Path, output_dir: Path, data_root: Path) -> str:
     task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     keys = [o.lstrip("+~").split("=", 1)[0] for o in task]
     kept = [o for o, k in zip(task, keys, strict=True) if k not in ("ckpt_path", "hydra.run.dir")]
-    root = [] if "data.root" in keys else [f"data.root={data_root}"]
-    args = [*kept, *root, f"hydra.run.dir={output_dir}", f"ckpt_path={ckpt}"]
-    return "python train.py " + " ".join(shlex.quote(a) for a in args)
+    root = [] if "data.root" in keys else [override("data.root", data_root)]
+    args = [*kept, *root, override("hydra.run.dir", output_dir), override("ckpt_path", ckpt)]
+    return command("python train.py", args)  # quoted for Hydra, then the shell: paste it as is
 
 
 @contextlib.contextmanager
@@ -355,6 +355,22 @@ def _as_recorded(cfg: DictConfig, *, data_root: str, output_dir: Path, ckpt: Pat
         recorded.paths.log_dir = str(Path(recorded.paths.log_dir).expanduser().absolute())
         recorded.ckpt_path = None if ckpt is None else str(ckpt)
     return OmegaConf.to_yaml(recorded)
+
+
+def _validated(
+    trainer: L.Trainer, module: VAEModule, datamodule: Any, *, resumed: bool
+) -> dict[str, float]:
+    """The ``val/*`` metrics of the fit; a resumed run with nothing left to train (it was stopped
+    after its last epoch, e.g. in the test) validated nothing, so it validates the restored model
+    now: the same numbers as the run it continues (the evaluation noise is a function of the
+    image), so its ``metrics.json`` lacks none of them."""
+
+    def val() -> dict[str, float]:
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    if not val() and resumed and trainer.limit_val_batches:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    return val()
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -395,9 +411,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ):
             with summary.timed("fit"):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            metrics = {
-                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
-            }
+                metrics = _validated(trainer, module, datamodule, resumed=ckpt_path is not None)
             if cfg.get("test"):
                 # the final weights: the model the figures show (best-by-val/loss is saved as well)
                 with summary.timed("test"):
