@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -36,11 +37,11 @@ from vae.rules import check, path
 from vae.train.checkpointing import (
     AtomicCheckpointIO,
     check_resumable,
-    load_checkpoint,
     remove_stale_temp_files,
 )
 from vae.train.cli import sweep_jobs
 from vae.train.config import validate_config
+from vae.train.data import data_config
 from vae.train.diskspace import disk_full_is_one_line
 from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
@@ -134,6 +135,40 @@ def _typed(config: DictConfig, key: str) -> bool:
     return any(o.startswith(f"{key}=") for o in config.hydra.overrides.hydra)
 
 
+def _check_resume(config: DictConfig, run_dir: Path) -> None:
+    """What ``train()`` refuses of a resume (a file that is no checkpoint of ours, another network,
+    optimiser or split, a cosine schedule that would not end where the checkpoint's does), here
+    before Hydra writes ``.hydra/`` and ``train.log``: a refused command leaves the run directory
+    it names byte-identical (and its recorded config, which ``ckpt_path=last`` compares, as it
+    was). The messages are ``train()``'s."""
+    value = config.get("ckpt_path")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if value is None or (value == "last" and not last.is_file()):
+        return  # a new run (train() says so for ckpt_path=last)
+    ckpt = last if value == "last" else resolve_ckpt_path(value, run_dir)
+    data = dict(OmegaConf.to_container(config.data, resolve=True))
+    data.pop("_target_", None)
+    check_resumable(
+        ckpt,
+        OmegaConf.to_container(config.model, resolve=True),
+        OmegaConf.to_container(config.optim, resolve=True),
+        data=dataclasses.asdict(data_config(data)),
+        # the keys that set the schedule's plan (default_root_dir needs Hydra's run directory)
+        trainer_cfg={k: OmegaConf.select(config.trainer, k) for k in _PLAN_KEYS},
+    )
+
+
+#: the ``trainer`` keys :func:`vae.train.guards.check_schedule` reads
+_PLAN_KEYS = (
+    "max_epochs",
+    "max_steps",
+    "limit_train_batches",
+    "accumulate_grad_batches",
+    "devices",
+    "num_nodes",
+)
+
+
 class CheckRunDir(Callback):
     """Before Hydra creates a directory: the config (:func:`validate_config`, so a rejected config
     leaves no stub run directory), every job of a sweep before the first starts, and that the run
@@ -143,9 +178,7 @@ class CheckRunDir(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         validate_config(config)
         run_dir = Path(str(config.hydra.run.dir)).absolute()
-        if config.get("ckpt_path") not in (None, "last"):  # a file that is no checkpoint of ours
-            ckpt = resolve_ckpt_path(config.ckpt_path, run_dir)
-            load_checkpoint(ckpt, name=f"ckpt_path={str(ckpt)!r}")  # the message train() gives
+        _check_resume(config, run_dir)
         key, value = (
             ("hydra.run.dir", run_dir)
             if _typed(config, "hydra.run.dir")
@@ -392,6 +425,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             OmegaConf.to_container(cfg.model, resolve=True),
             OmegaConf.to_container(cfg.optim, resolve=True),
             data=dict(datamodule.hparams),
+            trainer_cfg=OmegaConf.to_container(cfg.trainer, resolve=True),
         )
     _ensure_writable(output_dir)
     with run_lock(output_dir):  # no other live run writes here: leftovers of a kill -9 can go
