@@ -141,6 +141,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.slow
 def test_a_refused_resume_leaves_the_run_directory_byte_identical(tmp_path: Path) -> None:
     """Issue 23 §4: a refused resume used to add ``config.1.yaml``, a TensorBoard file and a
     ``train.log`` line, and to rewrite ``.hydra/`` (whose config ``ckpt_path=last`` compares):
