@@ -47,6 +47,7 @@ from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
 from vae.train.preemption import Preemption
 from vae.train.report import silence_known_noise, with_bits_per_dim
+from vae.train.rundir import run_dir_gone_is_one_line
 from vae.train.shell import command, override
 from vae.train.summary import RunSummary
 
@@ -460,11 +461,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def run_cli(cfg: DictConfig) -> float | None:
     """Run :func:`train` for the command line: a user error becomes one line on stderr and exit 2."""
     try:
-        with disk_full_is_one_line(
-            cfg.paths.output_dir,
-            what="the run's files (TensorBoard events, figures, metrics.json)",
-            kept="the checkpoints already written are intact",
-            fix="or write the run elsewhere with paths.log_dir=<dir>",
+        with (
+            run_dir_gone_is_one_line(cfg.paths.output_dir),
+            disk_full_is_one_line(
+                cfg.paths.output_dir,
+                what="the run's files (TensorBoard events, figures, metrics.json)",
+                kept="the checkpoints already written are intact",
+                fix="or write the run elsewhere with paths.log_dir=<dir>",
+            ),
         ):
             metrics = train(cfg)
     except RunInterrupted as stop:
