@@ -55,7 +55,8 @@ from vae.train.summary import RunSummary
 def _ensure_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):  # a unique name: DDP ranks probe at once
+        # a unique name (DDP ranks probe at once), never kept
+        with tempfile.TemporaryFile(dir=directory):  # not vae.train.files: a probe
             pass
     except OSError as err:
         raise ConfigError(
@@ -300,15 +301,17 @@ def run_lock(output_dir: Path) -> Iterator[None]:
     if rank_zero_only.rank != 0:
         yield
         return
-    try:  # O_NOFOLLOW: a link planted at .lock is refused, not truncated through
-        fd = os.open(output_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    # O_NOFOLLOW: a link planted at .lock is refused, not truncated through
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+    try:  # not vae.train.files: the lock must stay one inode
+        fd = os.open(output_dir / ".lock", flags, FILE_MODE)  # not vae.train.files: the lock
     except OSError as err:
         raise ConfigError(
             f"run directory {str(output_dir)!r}: cannot open its lock file .lock ("
             f"{'a symbolic link' if err.errno == errno.ELOOP else err.strerror}); remove it, or "
             "choose another run directory with hydra.run.dir=<dir>"
         ) from None
-    with open(fd, "r+") as f:
+    with open(fd, "r+") as f:  # not vae.train.files: the lock (the PID in it)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
