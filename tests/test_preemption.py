@@ -231,6 +231,44 @@ def _wait_for_step(marker: Path, proc: subprocess.Popen, step: int, timeout: flo
     pytest.fail(f"no step {step} before the end: {proc.communicate()[1][-2000:]}")
 
 
+class SignalTwice(L.Callback):
+    """SIGTERM after ``step`` steps, and again while the checkpoint of that step is being saved
+    (a scheduler, or an impatient user, that signals twice)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.sent = step, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and self.sent == 0:
+            self.sent = 1
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.sent == 1 and trainer.global_step == self.step:
+            self.sent = 2
+            os.kill(os.getpid(), signal.SIGTERM)  # the state is being gathered for the save
+
+
+def test_a_second_sigterm_while_saving_changes_nothing(tmp_path: Path) -> None:
+    """Issue 23 §5, SIGTERM twice: the second one, during the save the first one asked for, is
+    absorbed (the handler only sets a flag): one line, exit 143, a complete checkpoint of the step
+    the first signal stopped at, no temporary file."""
+    run_dir = tmp_path / "run"
+    args = [*RESUME_RUN, "test=false", f"hydra.run.dir={run_dir}"]
+    proc = _train_py(
+        *args, "+callbacks.twice._target_=test_preemption.SignalTwice", "+callbacks.twice.step=5"
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    interrupted = [line for line in err.splitlines() if line.startswith("interrupted at")]
+    assert len(interrupted) == 1, err[-3000:]
+    assert LINE.match(interrupted[0]).group(1) == "5"
+    checkpoints = run_dir / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["last.ckpt"]  # no temporary file
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 5
+
+
 @pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])
 def test_sigterm_to_a_real_run_exits_143_with_one_line(trainer: str, tmp_path: Path) -> None:
     """What SLURM / Kubernetes do before preemption; under DDP too (2 gloo processes).
