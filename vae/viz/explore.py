@@ -164,6 +164,20 @@ def _named(prefix: str, seq: nn.Sequential) -> list[tuple[str, nn.Module]]:
     return [(f"{prefix}.{i}", layer) for i, layer in enumerate(seq)]
 
 
+def _in_precision(vector: Tensor, precision: str, option: str) -> Tensor:
+    """The page's weights in ``precision``; a weight float16 cannot hold is an
+    :class:`ExplorerError` naming the caller's ``option`` (``--precision {}``)."""
+    converted = vector.to(getattr(torch, precision))
+    if precision == "float16" and not torch.isfinite(converted).all():
+        raise ExplorerError(
+            f"{option.format('float16')}: a weight of the model is {vector.abs().max().item():.3g}, "
+            "beyond float16's range (±65504): its training diverged, though the loss stayed "
+            f"finite (a learning rate too high does that); use {option.format('float32')}, or "
+            "train with a lower optim.lr"
+        )
+    return converted
+
+
 def model_payload(
     module: Any, *, precision: str = DEFAULT_PRECISION, option: str = "precision={}"
 ) -> dict[str, Any]:
@@ -208,15 +222,7 @@ def model_payload(
         z = torch.zeros(1, module.latent_dim, dtype=dtype, device=module.device)
         encoder_ops = _ops(enc_layers, x, blob, conv_shape=shape)
         decoder_ops = _ops(dec_layers, z, blob, conv_shape=start)
-    vector = blob.vector().to(getattr(torch, precision))
-    if precision == "float16" and not torch.isfinite(vector).all():
-        big = blob.vector().abs().max().item()
-        raise ExplorerError(
-            f"{option.format('float16')}: a weight of the model is {big:.3g}, beyond float16's "
-            "range (±65504): its training diverged, though the loss stayed finite (a learning "
-            f"rate too high does that); use {option.format('float32')}, or train with a lower "
-            "optim.lr"
-        )
+    vector = _in_precision(blob.vector(), precision, option)
     return {
         "encoder": encoder_ops,
         "decoder": decoder_ops,
