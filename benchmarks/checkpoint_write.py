@@ -42,13 +42,15 @@ def default_checkpoint() -> dict:
 
 
 def direct_save(checkpoint: dict, target: Path) -> None:
-    """The previous AtomicCheckpointIO.save_checkpoint: torch.save into the temp file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    with os.fdopen(fd, "wb") as f:
+    """The previous AtomicCheckpointIO.save_checkpoint: torch.save into the temp file (the
+    baseline this benchmark measures, so it writes as that code did)."""
+    tmp_dir = target.parent
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir)  # not vae.train.files: the baseline measured
+    with os.fdopen(fd, "wb") as f:  # not vae.train.files: the baseline measured
         torch.save(checkpoint, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, target)
+    os.replace(tmp, target)  # not vae.train.files: the baseline measured
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from torchvision.datasets import MNIST
 from torchvision.transforms import ToTensor
 
 from vae.train.data import FILES, MNISTDataModule
+from vae.train.files import atomic_file
 
 
 def torchvision_root(root: Path, scratch: Path) -> Path:
@@ -41,7 +42,7 @@ def torchvision_root(root: Path, scratch: Path) -> Path:
     out = scratch / "MNIST" / "raw"
     out.mkdir(parents=True)
     for name in FILES:
-        with gzip.open(raw / f"{name}.gz", "rb") as src, open(out / name, "wb") as dst:
+        with gzip.open(raw / f"{name}.gz", "rb") as src, atomic_file(out / name) as dst:
             shutil.copyfileobj(src, dst)
     return scratch
 

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vae.train.data import MNISTDataModule  # noqa: E402
+from vae.train.files import atomic_file, write_atomic  # noqa: E402
 from vae.train.module import VAEModule  # noqa: E402
 from vae.viz import explore  # noqa: E402
 
@@ -116,7 +117,10 @@ def gif(page, path: Path, *, frames: int = 16) -> None:
         strip.paste(im, (0, k * im.height))
     palette = strip.quantize(colors=128, dither=Image.Dither.NONE)  # one palette for every frame
     quantized = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
-    quantized[0].save(path, save_all=True, append_images=quantized[1:], duration=250, loop=0)
+    with atomic_file(path) as f:
+        quantized[0].save(
+            f, format="GIF", save_all=True, append_images=quantized[1:], duration=250, loop=0
+        )
     print(f"gif: {path} ({path.stat().st_size / 1e3:.0f} kB, {frames} frames)")
 
 
@@ -160,7 +164,7 @@ def main() -> int:
         )
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         path = Path(tmp) / "explorer.html"
-        path.write_text(pages[explore.DEFAULT_PRECISION], encoding="utf-8")
+        write_atomic(path, pages[explore.DEFAULT_PRECISION])
         url = path.as_uri()
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 860})

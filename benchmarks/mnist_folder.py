@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vae.train.files import atomic_file
 from vae.train.idx import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,9 @@ def export(data_root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Pa
         for i, (image, label) in enumerate(zip(images[:, 0].numpy(), labels.tolist(), strict=True)):
             path = out / part / str(label) / f"{i:0{width}d}.png"
             if not path.exists():
-                Image.fromarray(np.ascontiguousarray(image)).save(path)
+                # atomic: a killed export leaves no cut PNG that the next one would skip
+                with atomic_file(path, durable=False) as f:
+                    Image.fromarray(np.ascontiguousarray(image)).save(f, format="PNG")
     return out
 
 

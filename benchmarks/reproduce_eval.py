@@ -29,6 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vae.train.data import MNISTDataModule
+from vae.train.files import append_line
 from vae.train.module import ACTIVE_UNIT_THRESHOLD, VAEModule
 
 
@@ -107,8 +108,7 @@ def main() -> None:
             batch=args.batch,
             minutes=args.minutes,
         )
-        with args.out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_line(args.out, json.dumps(row))
         print(json.dumps(row), flush=True)
 
 

@@ -22,6 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from vae.train.files import atomic_file
+
 
 def val_curve(run: Path) -> list[float]:
     """``val/loss`` after each epoch, in order (validation runs once per epoch)."""
@@ -82,7 +84,8 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    with atomic_file(args.out) as f:
+        fig.savefig(f, format=Path(args.out).suffix.lstrip(".") or "png", dpi=120)
     print(args.out)
 
 

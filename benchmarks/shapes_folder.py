@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vae.train.files import atomic_file
+
 SHAPES = ("circle", "square", "triangle")
 
 
@@ -41,7 +43,8 @@ def make_shapes(out: str | Path, *, per_class: int, size: int = 32, seed: int = 
     for shape in SHAPES:
         (out / shape).mkdir(parents=True, exist_ok=True)
         for n in range(per_class):
-            draw(shape, size, rng).save(out / shape / f"{n:05d}.png")
+            with atomic_file(out / shape / f"{n:05d}.png", durable=False) as f:
+                draw(shape, size, rng).save(f, format="PNG")
     return out
 
 

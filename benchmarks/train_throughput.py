@@ -31,15 +31,19 @@ from pathlib import Path
 
 import torch
 
+from vae.train.files import write_atomic
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
 def _run(cmd: list[str], log: Path) -> int:
     """Run ``cmd`` to completion; its output goes to ``log``. Returns the peak RSS in MiB."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    output = proc.stdout.read()  # to the end: the process has exited (or closed its output)
+    proc.stdout.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    write_atomic(log, output)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{log.read_text()[-3000:]}")

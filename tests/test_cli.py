@@ -100,6 +100,53 @@ def test_hydra_composition_errors_are_our_one_line(
     assert not (tmp_path / "logs").exists()  # nothing was created
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/tmp/bäse",
+        "/tmp/a b/it's",
+        'x\\"y\\',
+        "/tmp/a=b,c~d",
+        "/tmp/${oc.env:HOME}",
+        "a'b\"c",
+        "plain",
+    ],
+)
+def test_hydra_quote_round_trips_through_hydra_and_omegaconf(value: str) -> None:
+    """What we print for Hydra reads back as the value itself (not a sweep, not interpolated)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vae.train.shell import override
+
+    parsed = OverridesParser.create().parse_overrides([override("a", value)])[0]
+    assert not parsed.is_sweep_override()
+    assert OmegaConf.create({"a": parsed.value()}).a == value
+
+
+def test_an_unquoted_path_says_how_to_quote_it(tmp_path: Path) -> None:
+    """Issue 23 §4: ``hydra.run.dir=/tmp/bäse`` ended in Hydra's ``LexerNoViableAltException``
+    with no way out; the line now gives the override quoted for Hydra and the shell, and that,
+    pasted into bash, is read as the path."""
+    run = tmp_path / "bäse"
+    done = _train(f"hydra.run.dir={run}", log_dir=tmp_path / "logs")
+    assert done.returncode == 2, done.stderr
+    quoted = f"'hydra.run.dir=\"{run}\"'"
+    assert done.stderr == (
+        f"error: hydra.run.dir={run}: cannot be parsed (LexerNoViableAltException: "
+        f"hydra.run.dir={run}); quote the value for Hydra, inside the shell's quotes: {quoted}\n"
+    )
+    assert not run.exists()
+    pasted = subprocess.run(
+        ["bash", "-c", f"{sys.executable} train.py {quoted} --cfg hydra"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pasted.returncode == 0, pasted.stderr
+    assert yaml.safe_load(pasted.stdout)["hydra"]["run"]["dir"] == str(run)
+
+
 def test_help_and_cfg_still_reach_hydra(tmp_path: Path) -> None:
     shown = _train("logger=null", "--cfg", "job", log_dir=tmp_path)
     assert shown.returncode == 0, shown.stderr

@@ -531,6 +531,45 @@ def test_a_full_disk_under_tensorboard_is_one_line(
     ), line
 
 
+def test_a_full_disk_while_metrics_json_is_written_is_one_line_and_keeps_the_old_file(
+    tmp_path: Path,
+    mnist_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 23 §5: the disk fills exactly while ``metrics.json`` is written (ENOSPC from the
+    writes to its temporary file), at the end of a resumed run into its own directory: one line,
+    the earlier ``metrics.json`` byte-identical, no temporary file left."""
+    run = tmp_path / "run"
+    train(tiny("test=false", output_dir=run))
+    before = (run / "metrics.json").read_bytes()
+    write = os.write
+
+    def full_at_metrics(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(run / ".metrics.json.")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_at_metrics)
+    last = run / "checkpoints" / "last.ckpt"
+    line = error_line(tiny("test=false", f"ckpt_path={last}", output_dir=run), capsys)
+    mount, fstype, _ = _df(tmp_path)
+    assert re.fullmatch(
+        re.escape(
+            f"error: {run / 'metrics.json'}: no space left on device while writing metrics.json ("
+        )
+        + r"[0-9.]+ (bytes|kB)\)"
+        + re.escape(f"; the file system mounted at {mount} ({fstype}) ")
+        + FREE
+        + re.escape(f"; {run / 'metrics.json'} is as it was (the partial file was removed); free ")
+        + r"(space|at least .+)"
+        + re.escape(" there, or write the run elsewhere with paths.log_dir=<dir>"),
+        line,
+    ), line
+    assert (run / "metrics.json").read_bytes() == before
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
 # ---------------------------------------------------------------------------------------------
 # ckpt_path: missing, not a checkpoint, not of this model (no trained model needed)
 

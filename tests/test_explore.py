@@ -1006,3 +1006,47 @@ def test_at_800_px_the_decoded_image_stays_beside_the_plane_above_the_fold(
         assert np.abs(shown - expected).max() <= 0.5 / 255 + 1e-6
     finally:
         page.page.set_viewport_size({"width": 1400, "height": 900})
+
+
+def test_a_diverged_model_beyond_float16_names_the_precision_key(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    """Issue 23 §5 (``optim.lr`` far too high): the loss stays finite up to ``optim.lr=1e4`` but a
+    weight grows past float16's range, and the page's float16 export said only ``use
+    precision=float32``, a key no command has. Now the line names the setting of the command
+    that wrote it: ``callbacks.explorer.precision`` for ``train.py``, ``--precision`` for
+    ``python -m vae.explore``, and the learning rate as the cause."""
+    from conftest import ROOT, TINY, train_py
+
+    run = tmp_path / "run"
+    done = train_py(
+        *TINY,
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=20",
+        "optim.lr=1e4",
+        "test=false",
+        "callbacks.visualize.projector=false",
+        "data.download=false",
+        f"hydra.run.dir={run}",
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    tail = (
+        ": a weight of the model is 1.58e+05, beyond float16's range (±65504): its training "
+        "diverged, though the loss stayed finite (a learning rate too high does that); use "
+    )
+    assert done.stderr.splitlines()[-1] == (
+        f"error: callbacks.explorer.precision=float16{tail}callbacks.explorer.precision=float32, "
+        "or train with a lower optim.lr"
+    )
+    again = subprocess.run(
+        [sys.executable, "-m", "vae.explore", str(run), "--out", str(tmp_path / "page.html")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert again.stderr.splitlines() == [
+        f"error: --precision float16{tail}--precision float32, or train with a lower optim.lr"
+    ]
+    assert not (tmp_path / "page.html").exists()

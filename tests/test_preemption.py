@@ -24,6 +24,7 @@ from conftest import RESUME_METRICS, RESUME_RUN, ROOT, compose_config, run_metri
 
 from vae.errors import ConfigError, RunInterrupted
 from vae.train.run import run_cli, train
+from vae.train.shell import hydra_quote
 
 pytestmark = pytest.mark.usefixtures("mnist_root")
 
@@ -65,6 +66,77 @@ class SignalInTest(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class SignalInValidation(L.Callback):
+    """Send ``signum`` to this process after the first batch of the validation of ``epoch``."""
+
+    def __init__(self, epoch: int, signum: int = signal.SIGTERM) -> None:
+        self.epoch, self.signum = epoch, signum
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, idx, dl_idx=0) -> None:
+        if idx == 0 and not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("step", [3, 24])
+def test_a_signal_in_the_first_epoch_or_before_the_last_validation_resumes_exactly(
+    step: int, uninterrupted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two Lightning-side traps of a signal (issue 23 round three, case a). Step 24 is the last
+    batch of the last epoch: Lightning used to stop the validation that follows at its first
+    batch and save there; the resumed run then skipped it (no ``val/*`` in ``metrics.json``, no
+    best checkpoint of that epoch). Step 3 is before the checkpoint callback ever saved: the
+    resumed run used to write ``last-v1.ckpt`` beside the ``last.ckpt`` it resumed from."""
+    run_dir = tmp_path / "run"
+    cb = ("+callbacks.sig._target_=test_preemption.SignalAt", f"+callbacks.sig.step={step}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(compose_config([*RESUME_RUN, *cb], output_dir=run_dir))
+    assert exc.value.code == 143
+    assert LINE.match(capsys.readouterr().err.splitlines()[-1]).group(1) == str(step)
+    checkpoints = run_dir / "checkpoints"
+    if step == 24:  # the last validation ran to its end before the run stopped
+        assert (checkpoints / "best-epoch002.ckpt").is_file()
+    train(
+        compose_config([*RESUME_RUN, f"ckpt_path={checkpoints / 'last.ckpt'}"], output_dir=run_dir)
+    )
+    assert not list(checkpoints.glob("last-v*.ckpt"))
+    resumed = run_metrics(run_dir)
+    for key in RESUME_METRICS:
+        assert resumed[key] == uninterrupted[key], (key, resumed[key], uninterrupted[key])
+
+
+def test_a_signal_in_the_last_validation_of_a_real_run_in_a_quoted_path(tmp_path: Path) -> None:
+    """SIGTERM during the last validation (``test=false``: nothing follows it) used to end the
+    run with exit 0 as if nothing had happened; a run directory whose path has a space, a
+    non-ASCII letter and a quote used to print a command Hydra could not parse. Now: 143, the
+    validation finished (its best checkpoint saved), and the printed line, pasted into a shell,
+    ends the run with every metric."""
+    run_dir = tmp_path / "bä se" / "it's"
+    args = [*RESUME_RUN, "trainer.max_epochs=2", "test=false"]
+    args += [f"hydra.run.dir={hydra_quote(run_dir)}", "+callbacks.sig.epoch=1"]
+    proc = _train_py(*args, "+callbacks.sig._target_=test_preemption.SignalInValidation")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    match = LINE.match(err.splitlines()[-1])
+    assert match, err[-3000:]
+    assert (run_dir / "checkpoints" / "best-epoch001.ckpt").is_file()
+    assert not (run_dir / "metrics.json").exists()
+    pasted = match.group(3).replace("python", shlex.quote(sys.executable), 1)
+    env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
+    done = subprocess.run(
+        ["bash", "-c", pasted], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["global_step"] == 16  # nothing trained again
+    assert "val/loss" in summary["metrics"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "best-epoch001.ckpt",
+        "last.ckpt",
+    ]
+
+
 def test_a_signal_during_the_test_stops_it_and_the_printed_command_only_tests(
     uninterrupted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -99,7 +171,7 @@ def test_a_signal_during_the_test_stops_it_and_the_printed_command_only_tests(
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["global_step"] == 24  # nothing trained again
     assert last.read_bytes() == before
-    for key in ("test/loss", "test/recon", "test/kl", "test/nll_iw"):
+    for key in RESUME_METRICS:  # val/* too: the resumed run validates the trained model again
         assert summary["metrics"][key] == uninterrupted[key], key
 
 
@@ -157,6 +229,44 @@ def _wait_for_step(marker: Path, proc: subprocess.Popen, step: int, timeout: flo
             return
         time.sleep(0.05)
     pytest.fail(f"no step {step} before the end: {proc.communicate()[1][-2000:]}")
+
+
+class SignalTwice(L.Callback):
+    """SIGTERM after ``step`` steps, and again while the checkpoint of that step is being saved
+    (a scheduler, or an impatient user, that signals twice)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.sent = step, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and self.sent == 0:
+            self.sent = 1
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.sent == 1 and trainer.global_step == self.step:
+            self.sent = 2
+            os.kill(os.getpid(), signal.SIGTERM)  # the state is being gathered for the save
+
+
+def test_a_second_sigterm_while_saving_changes_nothing(tmp_path: Path) -> None:
+    """Issue 23 §5, SIGTERM twice: the second one, during the save the first one asked for, is
+    absorbed (the handler only sets a flag): one line, exit 143, a complete checkpoint of the step
+    the first signal stopped at, no temporary file."""
+    run_dir = tmp_path / "run"
+    args = [*RESUME_RUN, "test=false", f"hydra.run.dir={run_dir}"]
+    proc = _train_py(
+        *args, "+callbacks.twice._target_=test_preemption.SignalTwice", "+callbacks.twice.step=5"
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    interrupted = [line for line in err.splitlines() if line.startswith("interrupted at")]
+    assert len(interrupted) == 1, err[-3000:]
+    assert LINE.match(interrupted[0]).group(1) == "5"
+    checkpoints = run_dir / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["last.ckpt"]  # no temporary file
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 5
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "ddp_cpu"])

@@ -85,6 +85,49 @@ def test_kill_9_in_the_middle_of_an_epoch_then_resume(uninterrupted, tmp_path: P
         )
 
 
+def _start_and_kill_9(cmd: list[str], env: dict[str, str], last: Path, after: int) -> None:
+    """Start ``cmd``; once ``last`` holds step ``after`` or later, ``kill -9`` it a few steps on."""
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if last.exists() and torch.load(last, weights_only=True)["global_step"] >= after:
+            break
+        time.sleep(0.2)
+    time.sleep(0.7)  # a few steps into the next epoch
+    assert proc.poll() is None, f"finished before the kill: {proc.stderr.read().decode()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_kill_9_twice_then_resume_equals_an_uninterrupted_run(
+    uninterrupted, tmp_path: Path
+) -> None:
+    """Issue 23 §5: ``kill -9`` in epoch 2, the resumed run ``kill -9``-ed in epoch 3, resumed
+    again: the final metrics equal an uninterrupted run's to the last bit (each resume starts from
+    the epoch-end ``last.ckpt``: weights, optimiser, schedule, RNG states, data order)."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), *RESUME_RUN, "data.download=false"]
+    cmd += [f"paths.output_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    cmd += ["+callbacks.slow._target_=test_reliability.Sleep", "+callbacks.slow.seconds=0.2"]
+    env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
+    last = run_dir / "checkpoints" / "last.ckpt"
+    _start_and_kill_9(cmd, env, last, after=8)
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+    _start_and_kill_9([*cmd, f"ckpt_path={last}"], env, last, after=16)
+    assert torch.load(last, weights_only=True)["global_step"] == 16
+    assert not (run_dir / "metrics.json").exists()
+    resume = [*cmd[:-2], f"ckpt_path={last}"]
+    done = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = run_metrics(run_dir)
+    for key in RESUME_METRICS:
+        assert resumed[key] == uninterrupted[key], (key, resumed[key], uninterrupted[key])
+
+
 class Sleep(L.Callback):
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds

@@ -4,6 +4,7 @@ scheduler sends it)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -120,3 +121,42 @@ def test_ckpt_path_last_lists_the_unfinished_runs_of_other_configurations(
     # the same configuration, unfinished: resumed there (max_time may differ: a budget per job)
     mine = _fake_run(tmp_path, "2026-12-01_12-00-00_mnist_mlp-z2", latent_dim=2, epochs=None)
     assert resume_in_place(argv, cfg) == [*argv, f"hydra.run.dir={mine}"]
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (hidden ones included), by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+#: resumes that are refused, each with a piece of its one line (``<last>``: the checkpoint's path)
+REFUSED = [
+    (["ckpt_path=last", "trainer.max_epochs=4"], "error: trainer.max_epochs=4 plans 32 steps"),
+    (["ckpt_path=last", "model.latent_dim=5"], "was trained with model.latent_dim=2"),
+    (["ckpt_path=<last>", "seed=3"], "was trained with data.seed=0"),
+    (["ckpt_path=<last>", "optim.lr=0.1"], "was trained with optim.lr=0.003"),
+]
+
+
+@pytest.mark.slow
+def test_a_refused_resume_leaves_the_run_directory_byte_identical(tmp_path: Path) -> None:
+    """Issue 23 §4: a refused resume used to add ``config.1.yaml``, a TensorBoard file and a
+    ``train.log`` line, and to rewrite ``.hydra/`` (whose config ``ckpt_path=last`` compares):
+    every check now runs in the Hydra callback, before Hydra writes anything."""
+    run_dir = tmp_path / "run"
+    args = [*RESUME_RUN, "trainer.max_epochs=1", "test=false", f"hydra.run.dir={run_dir}"]
+    first = _train_py(*args)
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    before = _hashes(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    for refused, says in REFUSED:
+        again = _train_py(*args, *(a.replace("<last>", str(last)) for a in refused))
+        _, err = again.communicate(timeout=300)
+        assert again.returncode == 2, err[-3000:]
+        assert len(err.splitlines()) == 1, err[-3000:]
+        assert err.startswith("error: "), err
+        assert says in err, err
+        assert _hashes(run_dir) == before, refused

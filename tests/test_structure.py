@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -272,3 +273,33 @@ def test_partial_mappings_keep_the_other_defaults() -> None:
     assert module.optim_config.scheduler == "cosine"
     mu, _ = module.encode(torch.rand(3, 1, 28, 28))
     assert mu.shape == (3, 5)
+
+
+#: ways of writing a file other than :mod:`vae.train.files` (a regular expression per line of code)
+_OTHER_WRITES = re.compile(
+    r"\.write_(text|bytes)\("
+    r"|\bopen\([^)]*['\"][rbt]*[wax+][rwxabt+]*['\"]"  # open / Path.open / os.fdopen / gzip.open
+    r"|os\.open\([^)]*O_(WRONLY|RDWR|CREAT)"
+    r"|\b(mkstemp|mkdtemp|NamedTemporaryFile|TemporaryFile)\("
+    r"|os\.(replace|rename)\(|shutil\.(copy|copyfile|copy2|copytree|move)\("
+    r"|\bjson\.dump\(|\bnp\.save\w*\(|torch\.save\([^,]+,\s*(?!(buffer|f)\b)\S"
+    r"|(?<!torch)\.(savefig|save)\((?!f\b)\S"  # a figure or an image saved to a path, not to a file object
+)
+#: where a line may write otherwise, if it says why: ``# not vae.train.files: <reason>``
+_EXEMPT = "# not vae.train.files:"
+
+
+def test_every_file_is_written_through_the_one_atomic_writer() -> None:
+    """Issue 23 §1: every file the package and the benchmarks write goes through
+    ``vae.train.files`` (an exclusive temporary file, then a rename): a planted link is never
+    followed and a crash or a full disk never leaves a cut file. Any other write must say why."""
+    writer = PACKAGE / "train" / "files.py"
+    found = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]):
+        if path == writer:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _OTHER_WRITES.search(code) and _EXEMPT not in line:
+                found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert found == [], "\n".join(found)

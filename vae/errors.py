@@ -42,5 +42,9 @@ class DiskFullError(UserError):
     file system, the space needed and free, and what was kept (:mod:`vae.train.diskspace` builds it)."""
 
 
+class RunDirectoryGone(UserError, OSError):
+    """The run directory was deleted, moved or replaced while the run was writing to it."""
+
+
 class ExplorerError(UserError, ValueError):
     """The explorer page cannot be built for this model or target (one line for the user)."""

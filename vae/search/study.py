@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ from vae.search.table import write_table
 from vae.search.trial import Outcome
 from vae.train.config import validate_config
 from vae.train.run import user_error_exits, validate_sweep
+from vae.train.shell import command, override
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,8 @@ def _resume_command(config: DictConfig, sweep_dir: Path) -> str:
         for o in config.hydra.overrides.hydra
         if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))
     ]
-    args = [*config.hydra.overrides.task, *hydra, f"hydra.sweep.dir={sweep_dir}"]
-    return "python train.py -m " + " ".join(shlex.quote(str(a)) for a in args)
+    args = [*config.hydra.overrides.task, *hydra, override("hydra.sweep.dir", sweep_dir)]
+    return command("python train.py -m", [str(a) for a in args])
 
 
 def _settings(config: DictConfig, settings: Mapping[str, Any]) -> StudySettings:

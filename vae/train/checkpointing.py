@@ -46,6 +46,7 @@ from vae.errors import CheckpointError, ConfigError
 from vae.rules import check, int_list, plain, refuse_unknown
 from vae.train.data_config import DATA_RULES
 from vae.train.files import TEMP_FILE, write_atomic
+from vae.train.guards import check_schedule
 
 #: how to fix a checkpoint that cannot be used (the end of each message)
 CKPT_HINT = (
@@ -308,6 +309,7 @@ def check_resumable(
     optim_cfg: Mapping[str, Any] | None = None,
     *,
     data: Mapping[str, Any] | None = None,
+    trainer_cfg: Mapping[str, Any] | None = None,
 ) -> None:
     """Raise unless ``ckpt_path`` is a checkpoint of the network in ``model_cfg``.
 
@@ -320,7 +322,9 @@ def check_resumable(
     keys that define the split must match (:data:`SPLIT_KEYS`): another seed or validation size
     would put images the model trained on into validation. A file that is no such checkpoint is a
     :class:`CheckpointError`, a mismatch a :class:`ConfigError`; each message is one line naming
-    ``ckpt_path``, what is wrong and how to fix it.
+    ``ckpt_path``, what is wrong and how to fix it. With ``trainer_cfg`` (the ``trainer`` keys
+    of :func:`vae.train.guards.check_schedule`) a cosine schedule that would not end where the
+    checkpoint's does is refused too.
     """
     label = f"ckpt_path={str(ckpt_path)!r}"
     ckpt = load_checkpoint(ckpt_path, name=label)
@@ -340,6 +344,8 @@ def check_resumable(
                     f"{label} was trained with {section}.{key}={plain(saved[key])!r} but the config "
                     f"says {section}.{key}={plain(given[key])!r}{also}{_RESUME_FIX[section]}"
                 )
+    if trainer_cfg is not None:
+        check_schedule(ckpt, dict(trainer_cfg), (data or {}).get("batch_size"))
 
 
 def _first_sentence(err: BaseException, limit: int = 160) -> str:

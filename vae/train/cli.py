@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
+import shlex
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from vae.errors import ConfigError
 from vae.rules import refuse_unknown
 from vae.train.resume import resume_in_place
+from vae.train.shell import override as shell_override
 
 #: flags that take no value, after which the overrides are still ours to check
 _PLAIN_FLAGS = ("-m", "--multirun", "--resolve")
@@ -122,6 +124,20 @@ def _missing_option(err: MissingConfigException) -> ConfigError:
     )
 
 
+def _quoting(text: str) -> str:
+    """How to quote an override whose value Hydra's grammar refuses unquoted (a path with a
+    non-ASCII letter, a ``~`` or a ``=``), as the shell needs it; else nothing."""
+    key, eq, value = text.partition("=")
+    if not eq or not re.fullmatch(r"[+~]?[\w.@/-]+", key) or value[:1] in ("'", '"', "["):
+        return ""
+    quoted = shell_override(key, value)
+    try:
+        OverridesParser.create().parse_overrides([quoted])
+    except OverrideParseException:
+        return ""
+    return f"; quote the value for Hydra, inside the shell's quotes: {shlex.quote(quoted)}"
+
+
 def _check(overrides: list[str], config_name: str) -> DictConfig | None:
     """Compose ``config_name`` with ``overrides``; a :class:`ConfigError` for the first refusal.
     The composed config when there is one job (no sweep)."""
@@ -130,7 +146,9 @@ def _check(overrides: list[str], config_name: str) -> DictConfig | None:
             OverridesParser.create().parse_overrides([override])
         except OverrideParseException as err:
             reason = str(err).strip().splitlines()[0]
-            raise ConfigError(f"{override}: cannot be parsed ({reason})") from None
+            raise ConfigError(
+                f"{override}: cannot be parsed ({reason}){_quoting(override)}"
+            ) from None
     composed = []
     for job in _jobs(overrides):
         try:

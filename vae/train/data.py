@@ -281,7 +281,7 @@ def to_float(
     return x
 
 
-def _data_config(settings: dict[str, Any]) -> DataConfig:
+def data_config(settings: dict[str, Any]) -> DataConfig:
     """The checked :class:`DataConfig` of the data module's keyword arguments.
 
     A relative root is relative to where the command started: it is stored absolute, so that the
@@ -401,7 +401,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__()
-        self.config = _data_config(settings)
+        self.config = data_config(settings)
         self.save_hyperparameters(dataclasses.asdict(self.config), logger=False)
         self.root = Path(self.config.root)
         self._folder: FolderImages | None = None

@@ -295,7 +295,7 @@ def _download(dataset: str, name: str, directory: Path) -> tuple[Path | None, li
                 tmp.unlink(missing_ok=True)
                 continue
             final = directory / filename
-            os.replace(tmp, final)  # same file system: atomic
+            os.replace(tmp, final)  # not vae.train.files: torchvision's download, renamed
             return final, failures
         return None, failures
 

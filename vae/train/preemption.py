@@ -11,11 +11,18 @@ What a scheduler sends before preempting a job (SLURM, Kubernetes: SIGTERM) or a
   process stops after the same step whichever of them got the signal (Lightning checks its flag
   after the batch on each rank alone, and one rank stopping while another waits in the next step's
   collective is a hang);
-- in the test (after fit), the same flag stops it at the next test batch: the checkpoint fit
-  saved is the trained model, and the printed command resumes from it, trains nothing and tests;
+- a validation inside fit runs to its end (seconds): Lightning would stop it at the next batch,
+  and a checkpoint saved there resumes past the unfinished validation (the epoch's ``val/*`` and
+  best checkpoint are lost, and after the last epoch nothing validates again). The flag becomes
+  Lightning's at the validation's end, so the run stops at that epoch's end, after its checkpoints;
+- in the test (after fit), or the validation of a resumed run that had nothing left to train, the
+  same flag stops it at the next batch: the checkpoint fit saved is the trained model, and the
+  printed command resumes from it, trains nothing and evaluates;
 - Lightning then raises ``SIGTERMException`` on every rank, and :meth:`Preemption.on_exception`
   saves ``checkpoints/last.ckpt`` at that step (mid-epoch: :class:`vae.train.data.ResumableLoader` records
-  where in the epoch it was, so the resumed run trains exactly the batches that were left);
+  where in the epoch it was, so the resumed run trains exactly the batches that were left), as the
+  checkpoint callback's last checkpoint (else the resumed run, whose callback never saved one,
+  would write ``last-v1.ckpt`` beside it and the printed command would resume the older file);
 - :func:`vae.train.run.train` turns it into :class:`~vae.errors.RunInterrupted`, and the command line
   prints one line (``interrupted at step N; resume with: python train.py ... ckpt_path=...``) and
   exits with 128 + the signal's number: **143** for SIGTERM, **130** for SIGINT (the shell's
@@ -33,6 +40,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -74,6 +83,19 @@ class Preemption(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()  # Lightning registered its handler again for trainer.test
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()  # Lightning registered its handler again for trainer.validate
+        if trainer.state.fn == TrainerFn.FITTING:
+            # Lightning's flag (set after the epoch's last batch, or by its own handler in the
+            # sanity check) would stop this validation at its next batch: it runs to its end
+            trainer._signal_connector.received_sigterm = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        in_fit = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if in_fit and self._stop_requested(trainer, pl_module):
+            # Lightning stops after this epoch (or, mid-epoch, after the next batch)
+            trainer._signal_connector.received_sigterm = True
+
     def _stop_requested(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         """Whether any process got a signal (under DDP all agree, so all stop at the same batch)."""
         stop = self.received is not None
@@ -105,6 +127,19 @@ class Preemption(L.Callback):
         if self._stop_requested(trainer, pl_module):
             raise SIGTERMException
 
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # trainer.validate (a resumed run with nothing left to train): as the test
+        if trainer.state.fn == TrainerFn.VALIDATING and self._stop_requested(trainer, pl_module):
+            raise SIGTERMException
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
@@ -114,12 +149,15 @@ class Preemption(L.Callback):
             self.received = signal.SIGTERM
         callback = trainer.checkpoint_callback
         last = getattr(callback, "last_model_path", "")
-        if trainer.testing and last and Path(last).is_file():
-            # stopped in the test after fit saved its last checkpoint: that one is the trained
-            # model; resuming from it trains nothing and tests again
+        if trainer.state.fn != TrainerFn.FITTING and last and Path(last).is_file():
+            # stopped in the test (or the validation) after fit saved its last checkpoint: that
+            # one is the trained model; resuming from it trains nothing and evaluates again
             self.saved = (trainer.global_step, Path(last))
             return
         path = Path(getattr(callback, "dirpath", None) or trainer.default_root_dir) / "last.ckpt"
+        if isinstance(callback, ModelCheckpoint) and callback.save_last:
+            # part of the state saved: the resumed run's callback then replaces this file
+            callback.last_model_path = str(path)
         # weights_only (2nd argument) false: the whole state to resume from. Every rank calls it:
         # rank 0 writes, the others wait
         trainer.save_checkpoint(path, False)

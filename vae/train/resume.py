@@ -22,12 +22,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from vae.train.shell import override
 
 #: keys a resumed run may set differently: the checkpoint itself, and the time budget of one
 #: invocation (a requeued job may get another)
@@ -119,7 +122,7 @@ def resume_in_place(argv: Sequence[str], cfg: DictConfig) -> list[str]:
         return list(argv)
     if value != "last":
         run = run_dir_of(Path(str(value)).expanduser().absolute())
-        return [*argv, f"hydra.run.dir={run}"] if run is not None else list(argv)
+        return [*argv, override("hydra.run.dir", run)] if run is not None else list(argv)
     where = Path(str(cfg.paths.log_dir)).expanduser().absolute() / str(cfg.task_name)
     candidates = unfinished_runs(where)
     same = [d for d in candidates if not _differences(cfg, d)]
@@ -127,9 +130,10 @@ def resume_in_place(argv: Sequence[str], cfg: DictConfig) -> list[str]:
         _say(
             f"ckpt_path=last: resuming {same[0]} (the newest unfinished run of this configuration)"
         )
-        return [*argv, f"hydra.run.dir={same[0]}"]
+        return [*argv, override("hydra.run.dir", same[0])]
     _say(f"ckpt_path=last: no unfinished run of this configuration under {where}; a new run starts")
     for d in candidates:
         keys = ", ".join(_differences(cfg, d)[:4])
-        _say(f"  unfinished, other settings ({keys}): ckpt_path={d / 'checkpoints' / 'last.ckpt'}")
+        again = shlex.quote(override("ckpt_path", d / "checkpoints" / "last.ckpt"))
+        _say(f"  unfinished, other settings ({keys}): {again}")
     return _replace(argv, "ckpt_path", "null")

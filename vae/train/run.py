@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
-import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -37,24 +37,27 @@ from vae.rules import check, path
 from vae.train.checkpointing import (
     AtomicCheckpointIO,
     check_resumable,
-    load_checkpoint,
     remove_stale_temp_files,
 )
 from vae.train.cli import sweep_jobs
 from vae.train.config import validate_config
+from vae.train.data import data_config
 from vae.train.diskspace import disk_full_is_one_line
 from vae.train.environment import auto_precision
 from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
 from vae.train.preemption import Preemption
 from vae.train.report import silence_known_noise, with_bits_per_dim
+from vae.train.rundir import run_dir_gone_is_one_line
+from vae.train.shell import command, override
 from vae.train.summary import RunSummary
 
 
 def _ensure_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):  # a unique name: DDP ranks probe at once
+        # a unique name (DDP ranks probe at once), never kept
+        with tempfile.TemporaryFile(dir=directory):  # not vae.train.files: a probe
             pass
     except OSError as err:
         raise ConfigError(
@@ -135,6 +138,40 @@ def _typed(config: DictConfig, key: str) -> bool:
     return any(o.startswith(f"{key}=") for o in config.hydra.overrides.hydra)
 
 
+def _check_resume(config: DictConfig, run_dir: Path) -> None:
+    """What ``train()`` refuses of a resume (a file that is no checkpoint of ours, another network,
+    optimiser or split, a cosine schedule that would not end where the checkpoint's does), here
+    before Hydra writes ``.hydra/`` and ``train.log``: a refused command leaves the run directory
+    it names byte-identical (and its recorded config, which ``ckpt_path=last`` compares, as it
+    was). The messages are ``train()``'s."""
+    value = config.get("ckpt_path")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if value is None or (value == "last" and not last.is_file()):
+        return  # a new run (train() says so for ckpt_path=last)
+    ckpt = last if value == "last" else resolve_ckpt_path(value, run_dir)
+    data = dict(OmegaConf.to_container(config.data, resolve=True))
+    data.pop("_target_", None)
+    check_resumable(
+        ckpt,
+        OmegaConf.to_container(config.model, resolve=True),
+        OmegaConf.to_container(config.optim, resolve=True),
+        data=dataclasses.asdict(data_config(data)),
+        # the keys that set the schedule's plan (default_root_dir needs Hydra's run directory)
+        trainer_cfg={k: OmegaConf.select(config.trainer, k) for k in _PLAN_KEYS},
+    )
+
+
+#: the ``trainer`` keys :func:`vae.train.guards.check_schedule` reads
+_PLAN_KEYS = (
+    "max_epochs",
+    "max_steps",
+    "limit_train_batches",
+    "accumulate_grad_batches",
+    "devices",
+    "num_nodes",
+)
+
+
 class CheckRunDir(Callback):
     """Before Hydra creates a directory: the config (:func:`validate_config`, so a rejected config
     leaves no stub run directory), every job of a sweep before the first starts, and that the run
@@ -144,9 +181,7 @@ class CheckRunDir(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         validate_config(config)
         run_dir = Path(str(config.hydra.run.dir)).absolute()
-        if config.get("ckpt_path") not in (None, "last"):  # a file that is no checkpoint of ours
-            ckpt = resolve_ckpt_path(config.ckpt_path, run_dir)
-            load_checkpoint(ckpt, name=f"ckpt_path={str(ckpt)!r}")  # the message train() gives
+        _check_resume(config, run_dir)
         key, value = (
             ("hydra.run.dir", run_dir)
             if _typed(config, "hydra.run.dir")
@@ -270,15 +305,17 @@ def run_lock(output_dir: Path) -> Iterator[None]:
     if rank_zero_only.rank != 0:
         yield
         return
-    try:  # O_NOFOLLOW: a link planted at .lock is refused, not truncated through
-        fd = os.open(output_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+    # O_NOFOLLOW: a link planted at .lock is refused, not truncated through
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+    try:  # not vae.train.files: the lock must stay one inode
+        fd = os.open(output_dir / ".lock", flags, FILE_MODE)  # not vae.train.files: the lock
     except OSError as err:
         raise ConfigError(
             f"run directory {str(output_dir)!r}: cannot open its lock file .lock ("
             f"{'a symbolic link' if err.errno == errno.ELOOP else err.strerror}); remove it, or "
             "choose another run directory with hydra.run.dir=<dir>"
         ) from None
-    with open(fd, "r+") as f:
+    with open(fd, "r+") as f:  # not vae.train.files: the lock (the PID in it)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -324,9 +361,9 @@ def _resume_command(ckpt: Path, output_dir: Path, data_root: Path) -> str:
     task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     keys = [o.lstrip("+~").split("=", 1)[0] for o in task]
     kept = [o for o, k in zip(task, keys, strict=True) if k not in ("ckpt_path", "hydra.run.dir")]
-    root = [] if "data.root" in keys else [f"data.root={data_root}"]
-    args = [*kept, *root, f"hydra.run.dir={output_dir}", f"ckpt_path={ckpt}"]
-    return "python train.py " + " ".join(shlex.quote(a) for a in args)
+    root = [] if "data.root" in keys else [override("data.root", data_root)]
+    args = [*kept, *root, override("hydra.run.dir", output_dir), override("ckpt_path", ckpt)]
+    return command("python train.py", args)  # quoted for Hydra, then the shell: paste it as is
 
 
 @contextlib.contextmanager
@@ -361,6 +398,22 @@ def _as_recorded(cfg: DictConfig, *, data_root: str, output_dir: Path, ckpt: Pat
     return OmegaConf.to_yaml(recorded)
 
 
+def _validated(
+    trainer: L.Trainer, module: VAEModule, datamodule: Any, *, resumed: bool
+) -> dict[str, float]:
+    """The ``val/*`` metrics of the fit; a resumed run with nothing left to train (it was stopped
+    after its last epoch, e.g. in the test) validated nothing, so it validates the restored model
+    now: the same numbers as the run it continues (the evaluation noise is a function of the
+    image), so its ``metrics.json`` lacks none of them."""
+
+    def val() -> dict[str, float]:
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    if not val() and resumed and trainer.limit_val_batches:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    return val()
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and test) the model described by ``cfg``; return the final metrics (nats per image).
 
@@ -380,6 +433,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             OmegaConf.to_container(cfg.model, resolve=True),
             OmegaConf.to_container(cfg.optim, resolve=True),
             data=dict(datamodule.hparams),
+            trainer_cfg=OmegaConf.to_container(cfg.trainer, resolve=True),
         )
     _ensure_writable(output_dir)
     with run_lock(output_dir):  # no other live run writes here: leftovers of a kill -9 can go
@@ -399,9 +453,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ):
             with summary.timed("fit"):
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            metrics = {
-                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
-            }
+                metrics = _validated(trainer, module, datamodule, resumed=ckpt_path is not None)
             if cfg.get("test"):
                 # the final weights: the model the figures show (best-by-val/loss is saved as well)
                 with summary.timed("test"):
@@ -416,11 +468,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def run_cli(cfg: DictConfig) -> float | None:
     """Run :func:`train` for the command line: a user error becomes one line on stderr and exit 2."""
     try:
-        with disk_full_is_one_line(
-            cfg.paths.output_dir,
-            what="the run's files (TensorBoard events, figures, metrics.json)",
-            kept="the checkpoints already written are intact",
-            fix="or write the run elsewhere with paths.log_dir=<dir>",
+        with (
+            run_dir_gone_is_one_line(cfg.paths.output_dir),
+            disk_full_is_one_line(
+                cfg.paths.output_dir,
+                what="the run's files (TensorBoard events, figures, metrics.json)",
+                kept="the checkpoints already written are intact",
+                fix="or write the run elsewhere with paths.log_dir=<dir>",
+            ),
         ):
             metrics = train(cfg)
     except RunInterrupted as stop:

@@ -28,7 +28,11 @@ def write_metrics(path: Path, summary: dict[str, Any], *, resumed_from: Path | N
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 summary["metrics"] = json.loads(earlier)["metrics"] | summary["metrics"]
         summary["resumed_from"] = str(resumed_from)
-    write_atomic(path, json.dumps(summary, indent=2) + "\n")
+    write_atomic(
+        path,
+        json.dumps(summary, indent=2) + "\n",
+        fix="or write the run elsewhere with paths.log_dir=<dir>",
+    )
 
 
 class RunSummary:

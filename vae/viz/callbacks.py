@@ -263,6 +263,7 @@ class ExplorerWriter(L.Callback):
                 ),
                 precision=self.precision,
                 max_points=self.max_points,
+                option="callbacks.explorer.precision={}",
             )
             self._cache = (fingerprint, payload)
         default = Path(trainer.default_root_dir) / explore.FILENAME

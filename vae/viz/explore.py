@@ -164,13 +164,30 @@ def _named(prefix: str, seq: nn.Sequential) -> list[tuple[str, nn.Module]]:
     return [(f"{prefix}.{i}", layer) for i, layer in enumerate(seq)]
 
 
-def model_payload(module: Any, *, precision: str = DEFAULT_PRECISION) -> dict[str, Any]:
+def _in_precision(vector: Tensor, precision: str, option: str) -> Tensor:
+    """The page's weights in ``precision``; a weight float16 cannot hold is an
+    :class:`ExplorerError` naming the caller's ``option`` (``--precision {}``)."""
+    converted = vector.to(getattr(torch, precision))
+    if precision == "float16" and not torch.isfinite(converted).all():
+        raise ExplorerError(
+            f"{option.format('float16')}: a weight of the model is {vector.abs().max().item():.3g}, "
+            "beyond float16's range (±65504): its training diverged, though the loss stayed "
+            f"finite (a learning rate too high does that); use {option.format('float32')}, or "
+            "train with a lower optim.lr"
+        )
+    return converted
+
+
+def model_payload(
+    module: Any, *, precision: str = DEFAULT_PRECISION, option: str = "precision={}"
+) -> dict[str, Any]:
     """The page's description of ``module`` (a :class:`vae.train.module.VAEModule`): ops and weights.
 
     Returns ``{"encoder": ops, "decoder": ops, "tensors": {name: {offset, size, shape}},
     "weights": {"dtype", "base64", "gzip"}, "latent_dim", "image_shape", "likelihood",
     "logvar_bound", "prob_eps"}``. The encoder's last op outputs ``2·latent_dim`` values: mu, then
     the raw logvar, which the page soft-clamps (``logvar_bound · tanh(raw / logvar_bound)``).
+    ``option`` spells the caller's precision setting in a message (``--precision {}``).
     """
     if precision not in PRECISIONS:
         raise ExplorerError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -205,9 +222,7 @@ def model_payload(module: Any, *, precision: str = DEFAULT_PRECISION) -> dict[st
         z = torch.zeros(1, module.latent_dim, dtype=dtype, device=module.device)
         encoder_ops = _ops(enc_layers, x, blob, conv_shape=shape)
         decoder_ops = _ops(dec_layers, z, blob, conv_shape=start)
-    vector = blob.vector().to(getattr(torch, precision))
-    if precision == "float16" and not torch.isfinite(vector).all():
-        raise ExplorerError("a weight is beyond float16's range (±65504): use precision=float32")
+    vector = _in_precision(blob.vector(), precision, option)
     return {
         "encoder": encoder_ops,
         "decoder": decoder_ops,
@@ -379,6 +394,7 @@ def page_payload(
     config: Mapping[str, str] | None = None,
     precision: str = DEFAULT_PRECISION,
     max_points: int | None = None,
+    option: str = "precision={}",
 ) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data (:func:`render_html` makes it the page).
 
@@ -387,6 +403,7 @@ def page_payload(
     the page shows in one colour as "unlabelled"); ``metrics`` e.g. ``{"test/loss": …}`` (nats per
     image); ``config`` the corner's summary (default :func:`config_summary`); ``precision`` of the
     embedded weights (:data:`PRECISIONS`); ``max_points`` subsamples the test points (seeded).
+    ``option`` spells the caller's precision setting in a message (``--precision {}``).
     """
     if images.ndim != 4 or images.shape[0] != labels.shape[0] or images.shape[0] < 2:
         raise ExplorerError(
@@ -402,7 +419,7 @@ def page_payload(
     points, projection = points_payload(module, images, labels, max_points=max_points)
     return {
         "version": 1,
-        "model": model_payload(module, precision=precision),
+        "model": model_payload(module, precision=precision, option=option),
         "points": points,
         "projection": projection,
         "class_names": list(class_names),
@@ -606,6 +623,7 @@ def _write_explorer(args: argparse.Namespace) -> Path:
             config=config_summary(module, hparams, environment=visualize.run_environment(run_dir)),
             precision=args.precision,
             max_points=args.max_points,
+            option="--precision {}",
         )
     )
     return write_page(args.out or run_dir / FILENAME, html)
