@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vae.train.files import atomic_file
+
 MIB = 2**20
 
 
@@ -123,7 +125,8 @@ def write_folder(folder: Path, count: int, side: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(count):
         pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i:06d}.bmp")
+        with atomic_file(folder / f"{i:06d}.bmp", durable=False) as f:
+            Image.fromarray(pixels).save(f, format="BMP")
 
 
 def measure(size_mib: int, side: int, tmp: Path) -> dict[str, float]:

@@ -32,10 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from vae.train.files import atomic_file, write_atomic
 
-from vae.train.files import write_atomic  # noqa: E402 (the repository's package, not an installed one)
+REPO = Path(__file__).resolve().parent.parent
 
 OUT_JSON = REPO / "benchmarks" / "time_to_quality.json"
 OUT_PNG = REPO / "benchmarks" / "time_to_quality.png"
@@ -129,9 +128,8 @@ def plot(results: dict[str, dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    write_atomic(OUT_PNG, buffer.getvalue())
+    with atomic_file(OUT_PNG) as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 def main() -> None:
