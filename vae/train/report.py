@@ -114,10 +114,12 @@ def log_hparams(logger: Any, cfg: DictConfig, metrics: Mapping[str, float]) -> N
 
 
 def trial_name(cfg: DictConfig, run_dir: Path) -> str:
-    """The run's short, unique name in the HParams table: ``paths.run_name`` (dataset, model,
-    latent size) first, so that a cut-off name still says what the run is, then when it started,
-    from its directory's name: ``mnist_mlp-z2 12-01 10:31:07``, in a sweep ``mnist_mlp-z10
-    12-01 11:02:40 #1``; a directory named otherwise (``hydra.run.dir=...``) is named as it is."""
+    """The run's short, unique name in the HParams table: when it started, from its directory's
+    name, then ``paths.run_name`` (dataset, model, latent size): ``12-01 10:31:07 mnist_mlp-z2``,
+    in a sweep ``#1 12-01 11:02:40 mnist_mlp-z10``; a directory named otherwise
+    (``hydra.run.dir=...``) is named as it is. The table's Trial ID column shows 128 px of it
+    (``12-01 10:31:07`` is 106 px in its 16-px font), so what tells runs apart comes first; what a
+    run is, it shows in its own columns (:data:`HPARAMS_PLUGIN_KEYS`)."""
     label = str(OmegaConf.select(cfg, "paths.run_name", default="") or "")
     stamp = re.compile(r"\d{4}-(\d\d-\d\d)_(\d\d)-(\d\d)-(\d\d)")
 
@@ -127,10 +129,10 @@ def trial_name(cfg: DictConfig, run_dir: Path) -> str:
 
     name, parent = run_dir.name, run_dir.parent.name
     if label and name.endswith("_" + label) and when(name):  # runs/<date>_<time>_<label>
-        return f"{label} {when(name)}"
+        return f"{when(name)} {label}"
     job = name.split("_", 1)[0]
     if label and name == f"{job}_{label}" and job.isdigit() and when(parent):  # a sweep's job
-        return f"{label} {when(parent)} #{job}"
+        return f"#{job} {when(parent)} {label}"
     return name
 
 
