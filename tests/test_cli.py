@@ -238,14 +238,16 @@ def test_logger_many_is_tensorboard_and_csv(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("run_dir", "expected"),
     [
-        ("logs/train/runs/2026-12-01_10-31-07_mnist_mlp-z2", "mnist_mlp-z2 12-01 10:31:07"),
+        ("logs/train/runs/2026-12-01_10-31-07_mnist_mlp-z2", "12-01 10:31:07 mnist_mlp-z2"),
         (
             "logs/train/multiruns/2026-12-01_11-02-40/1_mnist_mlp-z2",
-            "mnist_mlp-z2 12-01 11:02:40 #1",
+            "#1 12-01 11:02:40 mnist_mlp-z2",
         ),
         ("/tmp/my-run", "my-run"),  # hydra.run.dir=...: the directory's own name
     ],
 )
-def test_trial_names_are_short_and_say_what_the_run_is(run_dir: str, expected: str) -> None:
+def test_trial_names_are_short_say_when_first_then_what_the_run_is(
+    run_dir: str, expected: str
+) -> None:
     cfg = OmegaConf.create({"paths": {"run_name": "mnist_mlp-z2"}})
     assert trial_name(cfg, Path(run_dir)) == expected

@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from grid_helpers import as_rgb8, locate, tiles
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
@@ -454,6 +455,104 @@ def test_interpolation_grid_endpoints_and_midpoint() -> None:
     for t, s in enumerate(np.linspace(0, 1, 5)):
         expected = (1 - s) * z0[0].numpy() + s * z1[0].numpy()
         np.testing.assert_allclose(decode_tile(tile_at(line, 0, t), 2), expected, atol=1e-5)
+
+
+# ---- grid figures: the grid's pixels, a title, row labels ------------------------------------
+def _png_pixels(fig: Figure, path) -> np.ndarray:
+    """The figure as written by save_png, read back by PIL: (H, W, 3) uint8."""
+    plots.save_png(fig, path)
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _text_box(fig: Figure, text) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a Text in pixels from the figure's top-left corner."""
+    renderer = fig.canvas.get_renderer()
+    box = text.get_window_extent(renderer)
+    height = fig.bbox.height
+    return box.x0, height - box.y1, box.x1, height - box.y0
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_grid_figure_holds_the_grid_pixel_for_pixel(channels: int, tmp_path) -> None:
+    gen = torch.Generator().manual_seed(3)
+    h, w, n, cols = 11, 9, 10, 4  # tiles that are neither square nor MNIST's
+    x = torch.rand(n, channels, h, w, generator=gen)
+    x_hat = torch.rand(n, channels, h, w, generator=gen)
+    grid = plots.reconstruction_grid(x, x_hat, nrow=cols)
+    pairs = -(-n // cols)
+    fig = plots.grid_figure(
+        grid,
+        title="Test images and their reconstructions",
+        rows=2 * pairs,
+        cols=cols,
+        row_labels=["original", "reconstruction"] * pairs,
+    )
+    pixels = _png_pixels(fig, tmp_path / "grid.png")
+    assert pixels.shape == (*plots.figure_to_tensor(fig).shape[1:], 3)
+    assert pixels.shape[0] > grid.shape[1]  # room for the title
+    assert pixels.shape[1] > grid.shape[2]  # and the labels
+    originals, recons = as_rgb8(x.numpy()), as_rgb8(x_hat.numpy())  # the reference pixels
+    first = locate(pixels, originals[0])
+    found = tiles(pixels, first, rows=2 * pairs, cols=cols, size=(h, w), pad=PAD)
+    for k in range(n):
+        p, j = divmod(k, cols)
+        np.testing.assert_array_equal(found[2 * p, j], originals[k], err_msg=f"original {k}")
+        np.testing.assert_array_equal(found[2 * p + 1, j], recons[k], err_msg=f"recon {k}")
+    if channels == 3:
+        assert np.abs(found[..., 0].astype(int) - found[..., 2]).max() > 200  # in colour
+    # the padding around and between the tiles stays white
+    top, left = first[0] - PAD, first[1] - PAD
+    block = pixels[top : top + grid.shape[1], left : left + grid.shape[2]]
+    assert bool((block[:PAD] == 255).all() and (block[:, :PAD] == 255).all())
+    assert bool((block[PAD + h : 2 * PAD + h] == 255).all())
+
+
+def test_grid_figure_has_a_title_and_a_label_beside_each_row(tmp_path) -> None:
+    steps, labels = 6, ["0 → 1", "1 → 2", "T-shirt/top → Trouser"]
+    starts = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    grid = plots.interpolation_grid(smooth_decoder, starts, -starts, steps=steps)
+    columns = ["start", "", "", "", "", "end"]
+    title = "Straight latent paths between posterior means"
+    fig = plots.grid_figure(
+        grid, title=title, rows=3, cols=steps, row_labels=labels, column_labels=columns
+    )
+    pixels = _png_pixels(fig, tmp_path / "interpolation.png")
+    first_tile = as_rgb8(smooth_decoder(starts[:1]).numpy())[0]
+    top, left = locate(pixels, first_tile)  # tile (0, 0): the first path's start
+    stride = TILE + PAD
+
+    assert fig.get_suptitle() == title
+    texts = {t.get_text(): t for t in fig.texts if t is not fig._suptitle}
+    assert sorted(texts) == sorted([*labels, "start", "end"])  # no empty Text for no label
+    t_left, t_top, t_right, t_bottom = _text_box(fig, fig._suptitle)
+    assert t_top >= 0
+    assert t_left >= 0
+    assert t_right <= pixels.shape[1]
+    assert t_bottom <= top - PAD  # above the grid
+    for r, label in enumerate(labels):
+        l_left, l_top, l_right, l_bottom = _text_box(fig, texts[label])
+        assert l_left >= 0, label  # inside the figure, even the longest
+        assert l_right <= left - PAD, label  # left of the grid
+        centre = (l_top + l_bottom) / 2
+        assert top + r * stride <= centre <= top + r * stride + TILE, label  # beside its row
+    for c, label in ((0, "start"), (steps - 1, "end")):
+        l_left, _, l_right, l_bottom = _text_box(fig, texts[label])
+        assert left + c * stride <= (l_left + l_right) / 2 <= left + c * stride + TILE
+        assert t_bottom <= l_bottom <= top - PAD  # between the title and the grid
+    assert not bool((pixels[: top - PAD] == 255).all())  # the title band holds text
+    assert not bool((pixels[:, : left - PAD] == 255).all())  # and so does the label column
+
+
+def test_grid_figure_refuses_a_grid_it_cannot_label() -> None:
+    grid = plots.sample_grid(smooth_decoder, n=6, nrow=3)  # 2 rows × 3 columns
+    with pytest.raises(ValueError, match="3 row labels for 2 rows"):
+        plots.grid_figure(grid, title="t", rows=2, cols=3, row_labels=["a", "b", "c"])
+    with pytest.raises(ValueError, match="is not 7 rows × 3 columns"):
+        plots.grid_figure(grid, title="t", rows=7, cols=3)
+    fig = plots.grid_figure(grid, title="6 samples", rows=2, cols=3)  # no labels: just a title
+    assert [t.get_text() for t in fig.texts] == ["6 samples"]  # the title alone
+    assert fig.get_suptitle() == "6 samples"
 
 
 # ---- figure → tensor, PNG files ------------------------------------------------------------------

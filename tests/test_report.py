@@ -6,6 +6,7 @@ read what it printed and wrote; the rest compose configs or call the functions d
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -16,16 +17,19 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, TINY, compose_config
+from grid_helpers import locate, tiles
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from vae.train.report import (
     CURATED_KEYS,
     HPARAM_METRICS,
-    SHOWN_FIRST,
+    HPARAMS_PLUGIN_KEYS,
     _hparam_value,
     curated_hparams,
     summary_table,
@@ -154,7 +158,7 @@ def test_train_log_holds_the_run_record(cli_run: SimpleNamespace) -> None:
     assert "💡" not in log
 
 
-def test_event_file_has_the_curated_hparams_and_no_hparams_scalars(
+def test_event_file_has_the_hparams_columns_that_fit_a_screen_and_no_hparams_scalars(
     cli_run: SimpleNamespace,
 ) -> None:
     acc = EventAccumulator(str(cli_run.run_dir / "tensorboard"), size_guidance={"scalars": 0})
@@ -168,29 +172,51 @@ def test_event_file_has_the_curated_hparams_and_no_hparams_scalars(
     start = hparams_metadata.parse_session_start_info_plugin_data(
         content[hparams_metadata.SESSION_START_INFO_TAG]
     )
-    assert [h.name for h in experiment.hparam_infos] == list(CURATED_KEYS)
-    # the trial's name: dataset, model and latent size first, then when it started (from the
-    # directory's name 2026-12-01_10-31-07_mnist_mlp-z2): short, and unique per run
+    # three hparam columns (TensorBoard sorts them by name) and four metric columns: with the
+    # trial name eight columns of 160 px beside the 385-px panel, all on a 1920-px screen
+    plugin_keys = ["data.dataset", "model.architecture", "model.latent_dim"]
+    plugin_metrics = ["test/loss", "test/nll_iw", "test/active_units", "val/loss"]
+    assert [h.name for h in experiment.hparam_infos] == plugin_keys == list(HPARAMS_PLUGIN_KEYS)
+    assert sorted(start.hparams) == plugin_keys
+    assert [m.name.tag for m in experiment.metric_infos] == plugin_metrics == list(HPARAM_METRICS)
+    # the trial's name: when it started (from the directory's name 2026-12-01_10-31-07_mnist_mlp-z2),
+    # what the table's 128-px Trial ID cell shows, then dataset, model and latent size
     d = re.fullmatch(r"\d{4}-(\d\d-\d\d)_(\d\d)-(\d\d)-(\d\d)_mnist_mlp-z2", cli_run.run_dir.name)
-    assert start.group_name == f"mnist_mlp-z2 {d[1]} {d[2]}:{d[3]}:{d[4]}"
-    # the five TensorBoard displays first (it sorts by differs, then by name)
-    assert [h.name for h in experiment.hparam_infos if h.differs] == sorted(
-        SHOWN_FIRST, key=CURATED_KEYS.index
-    )
+    assert start.group_name == f"{d[1]} {d[2]}:{d[3]}:{d[4]} mnist_mlp-z2"
+    written = {k: start.hparams[k].string_value for k in plugin_keys}
+    assert written == {
+        "data.dataset": "mnist",
+        "model.architecture": "mlp",
+        "model.latent_dim": "2",
+    }
     config = yaml.safe_load((cli_run.run_dir / "config.yaml").read_text())
-    for key in CURATED_KEYS:
-        group, _, name = key.rpartition(".")
-        expected = (config[group] if group else config)[name]
-        written = start.hparams[key].string_value
-        if isinstance(expected, list):
-            assert written == str(expected), key
-        else:  # the number or word of the config, written back as YAML reads it
-            assert yaml.safe_load(written) == expected, key
+    for key, value in written.items():  # as the run's config.yaml says
+        group, name = key.split(".")
+        assert str(config[group][name]) == value, key
     # each metric column is a scalar the module logged: TensorBoard shows its last value
     metrics = json.loads((cli_run.run_dir / "metrics.json").read_text())["metrics"]
-    assert [m.name.tag for m in experiment.metric_infos] == list(HPARAM_METRICS)
-    for tag in HPARAM_METRICS:
+    for tag in plugin_metrics:
         assert acc.Scalars(tag)[-1].value == pytest.approx(metrics[tag], rel=1e-6), tag
+
+
+def test_the_image_grids_of_a_run_say_what_they_show(
+    cli_run: SimpleNamespace, mnist_root: Path
+) -> None:
+    """reconstructions.png as ``python train.py`` writes it: the first 32 test digits (read from the
+    IDX file) pixel for pixel in the odd rows of the grid, with a title above the grid and labels
+    left of it (their words are checked on the Figure, in test_plots and test_visualize)."""
+    raw = gzip.decompress((mnist_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").read_bytes())
+    assert int.from_bytes(raw[:4], "big") == 2051  # IDX magic: unsigned bytes, 3 dimensions
+    digits = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(-1, 28, 28)[:32]
+    digits = np.repeat(digits[..., None], 3, axis=-1)  # grey as RGB
+    with Image.open(cli_run.run_dir / "reconstructions.png") as im:
+        png = np.asarray(im.convert("RGB"))
+    top, left = locate(png, digits[0])
+    found = tiles(png, (top, left), rows=8, cols=8, size=(28, 28), pad=2)
+    for k in range(32):
+        np.testing.assert_array_equal(found[2 * (k // 8), k % 8], digits[k], err_msg=str(k))
+    assert (png[: top - 2] < 128).any()  # dark text above the grid: the title
+    assert (png[:, : left - 2] < 128).any()  # and left of it: "original", "reconstruction"
 
 
 def test_model_summary_lists_the_layers_with_parameters_and_no_flops(

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
+from grid_helpers import as_rgb8, locate, tiles
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib import colormaps
 from PIL import Image
@@ -53,13 +54,17 @@ def grid_px(rows: int, cols: int) -> tuple[int, int]:
     return cols * (TILE + PAD) + PAD, rows * (TILE + PAD) + PAD
 
 
-#: (width, height) of each figure with the callback's defaults, derived from the spec
+#: (width, height) of the fixed-size figures, derived from the spec
 EXPECTED_PX = {
     "latent_space": (700, 600),  # 7 × 6 in at 100 dpi
     "manifold": (600, 600),  # 6 × 6 in at 100 dpi
-    "reconstructions": grid_px(2 * math.ceil(32 / 8), 8),  # 32 images above their 32 recons
-    "samples": grid_px(8, 8),  # 64 samples
-    "interpolation": grid_px(10, 10),  # 10 pairs (0→1, …, 9→0) × 10 steps
+}
+#: (rows, columns) of tiles in the grid figures with the callback's defaults (each figure is its
+#: grid, pixel for pixel, with a title above and labels beside it)
+GRID_TILES = {
+    "reconstructions": (2 * math.ceil(32 / 8), 8),  # 32 images above their 32 recons
+    "samples": (8, 8),  # 64 samples
+    "interpolation": (10, 10),  # 10 pairs (0→1, …, 9→0) × 10 steps
 }
 SCALAR_TAGS = (
     "train/loss_step",
@@ -161,9 +166,12 @@ def test_tensorboard_has_the_scalars_and_one_set_of_images_per_epoch(tiny_run: P
     assert len(acc.Scalars("val/loss")) == EPOCHS
 
     epoch_ends = [(e + 1) * _steps_per_epoch() for e in range(EPOCHS)]  # global_step: 8, 16
-    for name, (width, height) in EXPECTED_PX.items():
+    for name in FIGURES:
         events = acc.Images(f"images/{name}")
         assert [e.step for e in events] == epoch_ends, name  # exactly one image per epoch
+        with Image.open(tiny_run / f"{name}.png") as im:
+            width, height = im.size
+        assert EXPECTED_PX.get(name, (width, height)) == (width, height), name
         for event in events:
             assert (event.width, event.height) == (width, height), name
             assert _rgb(event.encoded_image_string).shape == (height, width, 3), name
@@ -346,35 +354,78 @@ def _tile(grid: np.ndarray, i: int, j: int) -> np.ndarray:
     return grid[top : top + TILE, left : left + TILE]
 
 
+def _grid_tiles(pixels: np.ndarray, name: str, first: np.ndarray) -> np.ndarray:
+    """The tiles ``(rows, cols, 28, 28, 3)`` of grid figure ``name`` found in its rendered
+    ``pixels`` (H, W, 3) uint8: where tile (0, 0), ``first`` (28, 28, 3), is, and at 30 px steps."""
+    rows, cols = GRID_TILES[name]
+    return tiles(pixels, locate(pixels, first), rows=rows, cols=cols, size=(TILE, TILE), pad=PAD)
+
+
 def test_reconstructions_samples_and_interpolations_decode_the_right_latents() -> None:
     model = PixelCodeVAE(2)
     gen = torch.Generator().manual_seed(2)
     images = torch.rand(100, 1, TILE, TILE, generator=gen)
     labels = torch.randperm(100, generator=gen) % 10
-    figures = render_figures(model, images, labels, options=FigureOptions(seed=5))
-    mu = model.encode(images)[0].numpy()
+    figures = to_images(render_figures(model, images, labels, options=FigureOptions(seed=5)))
+    drawn = {name: _as_rgb_uint8(image) for name, image in figures.items()}  # as the PNGs hold
+    mu = model.encode(images)[0]
+    # the pixels of a tile decoded from z, 8-bit, and the z read back from a drawn tile (a grey
+    # level is exact to half a level: 0.5 / 255 · 16 in z)
+    decoded = lambda z: as_rgb8(model.decode(torch.as_tensor(z, dtype=torch.float32)).numpy())  # noqa: E731
+    read = lambda tile: model.read_tile(tile[..., 0] / 255.0)  # noqa: E731
+    atol = 0.5 / 255 * 16 + 1e-6
 
-    recon = figures["reconstructions"][0].numpy()  # 4 pairs of rows × 8: originals over recons
-    assert recon.shape[::-1] == EXPECTED_PX["reconstructions"]
-    for k in range(32):
+    originals = as_rgb8(images[:32].numpy())
+    recon = _grid_tiles(drawn["reconstructions"], "reconstructions", originals[0])
+    for k in range(32):  # 4 pairs of rows × 8: originals over their reconstructions
         row, col = divmod(k, 8)
-        np.testing.assert_array_equal(_tile(recon, 2 * row, col), images[k, 0].numpy())
-        np.testing.assert_allclose(
-            model.read_tile(_tile(recon, 2 * row + 1, col)), mu[k], atol=1e-5
-        )
+        np.testing.assert_array_equal(recon[2 * row, col], originals[k])
+        np.testing.assert_array_equal(recon[2 * row + 1, col], decoded(mu[k : k + 1])[0])
+        np.testing.assert_allclose(read(recon[2 * row + 1, col]), mu[k].numpy(), atol=atol)
 
-    samples = figures["samples"][0].numpy()  # 8 × 8 decodes of z ~ N(0, I), seeded by options.seed
-    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(5)).numpy()
+    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(5))  # seeded by options.seed
+    samples = _grid_tiles(drawn["samples"], "samples", decoded(z[:1])[0])
     for k in range(64):
-        np.testing.assert_allclose(model.read_tile(_tile(samples, *divmod(k, 8))), z[k], atol=1e-5)
+        np.testing.assert_array_equal(samples[divmod(k, 8)], decoded(z[k : k + 1])[0])
+        np.testing.assert_allclose(read(samples[divmod(k, 8)]), z[k].numpy(), atol=atol)
 
-    paths = figures["interpolation"][0].numpy()  # row k: first digit k → first digit (k + 1) % 10
     firsts = [int(np.flatnonzero(labels.numpy() == k)[0]) for k in range(10)]
-    for k in range(10):
-        start, end = mu[firsts[k]], mu[firsts[(k + 1) % 10]]
+    paths = _grid_tiles(drawn["interpolation"], "interpolation", decoded(mu[firsts[0]][None])[0])
+    for k in range(10):  # row k: first digit k → first digit (k + 1) % 10
+        start, end = mu[firsts[k]].double().numpy(), mu[firsts[(k + 1) % 10]].double().numpy()
+        np.testing.assert_array_equal(paths[k, 0], decoded(start[None])[0])  # the endpoints
+        np.testing.assert_array_equal(paths[k, -1], decoded(end[None])[0])
         for t, s in enumerate(np.linspace(0, 1, 10)):
-            expected = (1 - s) * start + s * end
-            np.testing.assert_allclose(model.read_tile(_tile(paths, k, t)), expected, atol=1e-5)
+            np.testing.assert_allclose(read(paths[k, t]), (1 - s) * start + s * end, atol=atol)
+
+
+def test_grid_figures_say_what_they_show() -> None:
+    names = ("T-shirt/top", "Trouser", "Pullover")
+    labels = torch.tensor([2, 0, 1, 0, 2, 1] * 5)
+    images = torch.rand(30, 1, TILE, TILE, generator=torch.Generator().manual_seed(0))
+    figures = render_figures(PixelCodeVAE(2), images, labels, class_names=names)
+
+    def texts(name: str) -> list[str]:
+        fig = figures[name]
+        return [t.get_text() for t in fig.texts if t is not fig._suptitle]
+
+    assert figures["reconstructions"].get_suptitle() == "Test images and their reconstructions"
+    assert texts("reconstructions") == ["original", "reconstruction"] * 4  # 30 images, 8 a row
+    assert figures["samples"].get_suptitle() == "64 samples decoded from z ~ N(0, I)"
+    assert texts("samples") == []
+    assert figures["interpolation"].get_suptitle() == (
+        "Straight latent paths between posterior means"
+    )
+    assert texts("interpolation") == [
+        "T-shirt/top → Trouser",  # the first image of each class to the first of the next
+        "Trouser → Pullover",
+        "Pullover → T-shirt/top",
+        "start",
+        "end",
+    ]
+    unlabelled = render_figures(PixelCodeVAE(2), images, torch.full((30,), -1), class_names=())
+    rows = [t.get_text() for t in unlabelled["interpolation"].texts[1:]]
+    assert rows[:10] == [f"#{k} → #{(k + 1) % 10}" for k in range(10)]  # test image indices
 
 
 def test_png_files_of_the_run_have_the_expected_sizes_and_test_digits(
@@ -383,12 +434,13 @@ def test_png_files_of_the_run_have_the_expected_sizes_and_test_digits(
     for name, size in EXPECTED_PX.items():
         with Image.open(tiny_run / f"{name}.png") as im:
             assert im.size == size, name
-    # the upper row of each pair in reconstructions.png: the first 32 test images, 8 per row
-    recon = _rgb(tiny_run / "reconstructions.png")[:, :, 0]
-    digits = np.rint(test_split[0][:32, 0].numpy() * 255)
+    # the upper row of each pair in reconstructions.png: the first 32 test images, 8 per row,
+    # found in the PNG pixel for pixel
+    digits = as_rgb8(test_split[0][:32].numpy())
+    recon = _grid_tiles(_rgb(tiny_run / "reconstructions.png"), "reconstructions", digits[0])
     for k in range(32):
         row, col = divmod(k, 8)
-        np.testing.assert_array_equal(_tile(recon, 2 * row, col), digits[k])
+        np.testing.assert_array_equal(recon[2 * row, col], digits[k])
 
 
 def test_manifold_figure_renders_the_same_pixels_twice() -> None:
@@ -412,8 +464,9 @@ def test_cli_redraws_the_run_pngs_from_last_ckpt(
     env = json.loads((tiny_run / "metrics.json").read_text())["environment"]
     assert captured.err.splitlines()[-1] == f"run measured on: {format_environment(env)}"
     assert f"torch {torch.__version__}" in captured.err
-    for name, (width, height) in EXPECTED_PX.items():
+    for name in FIGURES:
         redrawn = _rgb(out / f"{name}.png")
+        width, height = EXPECTED_PX.get(name, redrawn.shape[1::-1])
         assert redrawn.shape == (height, width, 3), name
         np.testing.assert_array_equal(redrawn, _rgb(tiny_run / f"{name}.png"), err_msg=name)
 

@@ -1,9 +1,10 @@
 """What a run tells its user: the curated TensorBoard HParams, the closing summary, no known noise.
 
 * :func:`curated_hparams` / :func:`log_hparams`: the few hyper-parameters that tell a sweep's runs
-  apart (:data:`CURATED_KEYS`), written with the final metrics (:data:`HPARAM_METRICS`) as
-  TensorBoard's HParams plugin data, and nothing else: no scalar is written, because the plugin
-  reads each metric's value from the scalar the module already logged under the same tag.
+  apart (:data:`CURATED_KEYS`, for every logger); TensorBoard's HParams plugin gets the three that
+  say what a run is (:data:`HPARAMS_PLUGIN_KEYS`) with the final metrics (:data:`HPARAM_METRICS`),
+  so that its table fits a 1920-px screen, and nothing else: no scalar is written, because the
+  plugin reads each metric's value from the scalar the module already logged under the same tag.
 * :func:`summary_table`: what ``python train.py`` prints at the end (test metrics in nats per
   image, the run directory, the figures).
 * :func:`silence_known_noise`: drop the warnings and Lightning messages that are known to be
@@ -23,7 +24,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-#: the config keys shown in TensorBoard's HParams table (the override names, so a row can be rerun)
+#: the config keys every logger gets (the override names, so a run can be rerun): CSV's
+#: ``hparams.yaml``, MLflow's parameters; TensorBoard's HParams table shows :data:`HPARAMS_PLUGIN_KEYS`
 CURATED_KEYS: tuple[str, ...] = (
     "model.latent_dim",
     "model.architecture",
@@ -41,25 +43,18 @@ CURATED_KEYS: tuple[str, ...] = (
     "trainer.max_epochs",
 )
 
-#: the metric columns of the HParams table: scalar tags the module logs (last value shown).
-#: TensorBoard displays the first five (test/recon = test/loss − test/kl is the sixth, a tick away)
+#: the hparam columns of TensorBoard's HParams table (it sorts them by name): what a run is, as
+#: its trial name says it. With the trial name and :data:`HPARAM_METRICS` that is eight columns of
+#: 160 px beside the 385-px panel, on screen at 1920 px; ``config.yaml`` and the other loggers
+#: have the rest
+HPARAMS_PLUGIN_KEYS: tuple[str, ...] = ("data.dataset", "model.architecture", "model.latent_dim")
+
+#: the metric columns of the HParams table: scalar tags the module logs (last value shown)
 HPARAM_METRICS: tuple[str, ...] = (
     "test/loss",
     "test/nll_iw",
-    "test/kl",
     "test/active_units",
     "val/loss",
-    "test/recon",
-)
-
-#: the HParams columns displayed when the dashboard opens (TensorBoard shows five, the rest are
-#: listed to tick): those marked ``differs``, the only display hint its Experiment proto carries
-SHOWN_FIRST: tuple[str, ...] = (
-    "model.latent_dim",
-    "model.architecture",
-    "model.beta",
-    "optim.lr",
-    "data.dataset",
 )
 
 
@@ -93,11 +88,12 @@ def curated_hparams(cfg: DictConfig) -> dict[str, str]:
 def log_hparams(logger: Any, cfg: DictConfig, metrics: Mapping[str, float]) -> None:
     """Record the run's :func:`curated_hparams` with the final metrics in ``logger``.
 
-    TensorBoard: the three HParams summaries (experiment, session start and end) with the metrics
-    of :data:`HPARAM_METRICS` found in ``metrics``, written to the logger's directory by a
-    FileWriter of our own; unlike ``TensorBoardLogger.log_hyperparams(params, metrics=...)``, no
-    metric is written again as a scalar (each would be a one-point card in Time Series). Other
-    loggers get the curated dict through ``log_hyperparams``.
+    TensorBoard: the three HParams summaries (experiment, session start and end) with the
+    :data:`HPARAMS_PLUGIN_KEYS` of the curated dict and the metrics of :data:`HPARAM_METRICS`
+    found in ``metrics``, the session named by :func:`trial_name`, written to the logger's
+    directory by a FileWriter of our own; unlike ``TensorBoardLogger.log_hyperparams(params,
+    metrics=...)``, no metric is written again as a scalar (each would be a one-point card in Time
+    Series). Other loggers get the whole curated dict through ``log_hyperparams``.
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -108,9 +104,9 @@ def log_hparams(logger: Any, cfg: DictConfig, metrics: Mapping[str, float]) -> N
     from torch.utils.tensorboard.summary import hparams
     from torch.utils.tensorboard.writer import FileWriter
 
+    columns = {k: params[k] for k in HPARAMS_PLUGIN_KEYS if k in params}
     shown = {k: float(metrics[k]) for k in HPARAM_METRICS if k in metrics}
-    experiment, start, end = hparams(params, shown)
-    _mark_shown_first(experiment)
+    experiment, start, end = hparams(columns, shown)
     _set_trial_name(start, trial_name(cfg, Path(str(cfg.paths.output_dir))))
     with contextlib.closing(FileWriter(logger.log_dir)) as writer:
         for summary in (experiment, start, end):
@@ -118,10 +114,12 @@ def log_hparams(logger: Any, cfg: DictConfig, metrics: Mapping[str, float]) -> N
 
 
 def trial_name(cfg: DictConfig, run_dir: Path) -> str:
-    """The run's short, unique name in the HParams table: ``paths.run_name`` (dataset, model,
-    latent size) first, so that a cut-off name still says what the run is, then when it started,
-    from its directory's name: ``mnist_mlp-z2 12-01 10:31:07``, in a sweep ``mnist_mlp-z10
-    12-01 11:02:40 #1``; a directory named otherwise (``hydra.run.dir=...``) is named as it is."""
+    """The run's short, unique name in the HParams table: when it started, from its directory's
+    name, then ``paths.run_name`` (dataset, model, latent size): ``12-01 10:31:07 mnist_mlp-z2``,
+    in a sweep ``#1 12-01 11:02:40 mnist_mlp-z10``; a directory named otherwise
+    (``hydra.run.dir=...``) is named as it is. The table's Trial ID column shows 128 px of it
+    (``12-01 10:31:07`` is 106 px in its 16-px font), so what tells runs apart comes first; what a
+    run is, it shows in its own columns (:data:`HPARAMS_PLUGIN_KEYS`)."""
     label = str(OmegaConf.select(cfg, "paths.run_name", default="") or "")
     stamp = re.compile(r"\d{4}-(\d\d-\d\d)_(\d\d)-(\d\d)-(\d\d)")
 
@@ -131,10 +129,10 @@ def trial_name(cfg: DictConfig, run_dir: Path) -> str:
 
     name, parent = run_dir.name, run_dir.parent.name
     if label and name.endswith("_" + label) and when(name):  # runs/<date>_<time>_<label>
-        return f"{label} {when(name)}"
+        return f"{when(name)} {label}"
     job = name.split("_", 1)[0]
     if label and name == f"{job}_{label}" and job.isdigit() and when(parent):  # a sweep's job
-        return f"{label} {when(parent)} #{job}"
+        return f"#{job} {when(parent)} {label}"
     return name
 
 
@@ -146,18 +144,6 @@ def _set_trial_name(start: Any, name: str) -> None:
     plugin_data = start.value[0].metadata.plugin_data
     data = HParamsPluginData.FromString(plugin_data.content)
     data.session_start_info.group_name = name
-    plugin_data.content = data.SerializeToString()
-
-
-def _mark_shown_first(experiment: Any) -> None:
-    """Set ``differs`` on the :data:`SHOWN_FIRST` hparams of an experiment ``Summary`` in place:
-    TensorBoard sorts the columns by (not differs, name) and displays the first five."""
-    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-
-    plugin_data = experiment.value[0].metadata.plugin_data
-    data = HParamsPluginData.FromString(plugin_data.content)
-    for info in data.experiment.hparam_infos:
-        info.differs = info.name in SHOWN_FIRST
     plugin_data.content = data.SerializeToString()
 
 

@@ -17,9 +17,13 @@ Figures (all from the **test** split, posterior means E[z | x] for the scatter):
 - ``latent_space``: the means coloured by class (PCA projection when latent_dim > 2);
 - ``manifold``: decoder means over an n×n grid spaced by the prior's inverse CDF
   (Kingma & Welling 2013, fig. 4); over the first two principal directions when latent_dim > 2;
-- ``reconstructions``: test images above their reconstructions (decoder mean of the posterior mean);
+- ``reconstructions``: test images above their reconstructions (decoder mean of the posterior mean),
+  rows labelled "original" and "reconstruction";
 - ``samples``: decoder means of z ~ N(0, I) (fixed seed: the same z every epoch);
-- ``interpolation``: straight latent paths from the first test image of digit k to one of digit k+1.
+- ``interpolation``: straight latent paths from the first test image of digit k to one of digit k+1,
+  each row labelled by its endpoints ("3 → 4"; "#3 → #4", test image indices, without classes).
+
+The last three are :func:`vae.viz.plots.grid_figure`: the decoded grid pixel for pixel, titled.
 """
 
 from __future__ import annotations
@@ -129,12 +133,70 @@ def _project(mu: Tensor, projection: str) -> tuple[Tensor, Tensor, Tensor, Tenso
     return pca.proj, pca.components, pca.mean, pca.proj.std(dim=0), "PC"
 
 
-def _interpolation_ends(mu: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+def _interpolation_ends(
+    mu: Tensor, labels: Tensor, class_names: Sequence[str]
+) -> tuple[Tensor, Tensor, list[str]]:
     """Posterior means of the first test image of class k and of class (k + 1) mod K, for each k;
-    without classes (an unlabelled folder), of the first ten images and of the next one each."""
+    without classes (an unlabelled folder), of the first ten images and of the next one each.
+    Third: each path's label, ``"3 → 4"`` (class names) or ``"#3 → #4"`` (test image indices)."""
+    num_classes = len(class_names)
     firsts = [int((labels == k).nonzero()[0]) for k in range(num_classes) if (labels == k).any()]
     starts = torch.tensor(firsts) if firsts else torch.arange(min(10, mu.shape[0]))
-    return mu[starts], mu[torch.roll(starts, -1)]
+    ends = torch.roll(starts, -1)
+    if firsts:
+        names = [class_names[int(labels[i])] for i in starts]
+        paths = [f"{a} → {b}" for a, b in zip(names, names[1:] + names[:1], strict=True)]
+    else:
+        paths = [f"#{int(a)} → #{int(b)}" for a, b in zip(starts, ends, strict=True)]
+    return mu[starts], mu[ends], paths
+
+
+def _grid_figures(
+    module: Any,
+    images: Tensor,
+    mu: Tensor,
+    labels: Tensor,
+    *,
+    class_names: Sequence[str],
+    options: FigureOptions,
+) -> dict[str, Figure]:
+    """The reconstructions, samples and interpolation of :func:`render_figures`, each a
+    :func:`plots.grid_figure` with its title and row labels (call in eval mode, no grad)."""
+    decode, device = module.decode, module.device
+    n_rec = min(options.n_reconstructions, images.shape[0])
+    x_hat = decode(mu[:n_rec].to(device)).float().cpu()  # decoder mean of the posterior mean
+    cols = min(8, n_rec)
+    pairs = math.ceil(n_rec / cols)
+    recon = plots.reconstruction_grid(images[:n_rec].cpu(), x_hat, nrow=cols)
+    generator = torch.Generator().manual_seed(options.seed)
+    n = options.n_samples
+    samples = plots.sample_grid(
+        decode, n=n, latent_dim=mu.shape[1], generator=generator, device=device
+    )
+    starts, ends, paths = _interpolation_ends(mu, labels, class_names)
+    steps = options.interpolation_steps
+    lines = plots.interpolation_grid(decode, starts, ends, steps=steps, device=device)
+    side = math.ceil(math.sqrt(n))  # sample_grid's columns
+    return {
+        "reconstructions": plots.grid_figure(
+            recon,
+            title="Test images and their reconstructions",
+            rows=2 * pairs,
+            cols=cols,
+            row_labels=["original", "reconstruction"] * pairs,
+        ),
+        "samples": plots.grid_figure(
+            samples, title=f"{n} samples decoded from z ~ N(0, I)", rows=-(-n // side), cols=side
+        ),
+        "interpolation": plots.grid_figure(
+            lines,
+            title="Straight latent paths between posterior means",
+            rows=len(paths),
+            cols=steps,
+            row_labels=paths,
+            column_labels=["start", *[""] * (steps - 2), "end"],
+        ),
+    }
 
 
 @torch.no_grad()
@@ -157,7 +219,6 @@ def render_figures(
         mu = encode_all(module, images)[0]
         d = mu.shape[1]
         labels = labels.cpu()
-        decode, device = module.decode, module.device
         points, basis, center, scale, stem = _project(mu, options.projection)
 
         scatter = plots.latent_scatter(
@@ -171,13 +232,13 @@ def render_figures(
         if d >= 2:  # a 1-D latent space has no plane to draw
             coords = plots.manifold_grid_coords(options.grid_size)
             grid = plots.manifold(
-                decode,
+                module.decode,
                 n=options.grid_size,
                 latent_dim=d,
                 basis=basis,  # for d = 2: I₂, 0 and 1, the prior's grid
                 center=center,
                 scale=scale,
-                device=device,
+                device=module.device,
             )
             figures["manifold"] = plots.manifold_figure(
                 grid,
@@ -186,16 +247,8 @@ def render_figures(
                 ylabel=f"{stem}₂",
                 title=f"decoder means over a {options.grid_size}×{options.grid_size} quantile grid",
             )
-        n_rec = options.n_reconstructions
-        x_hat = decode(mu[:n_rec].to(device)).float().cpu()  # decoder mean of the posterior mean
-        starts, ends = _interpolation_ends(mu, labels, len(class_names))
-        generator = torch.Generator().manual_seed(options.seed)
-        figures["reconstructions"] = plots.reconstruction_grid(images[:n_rec].cpu(), x_hat, nrow=8)
-        figures["samples"] = plots.sample_grid(
-            decode, n=options.n_samples, latent_dim=d, generator=generator, device=device
-        )
-        figures["interpolation"] = plots.interpolation_grid(
-            decode, starts, ends, steps=options.interpolation_steps, device=device
+        figures.update(
+            _grid_figures(module, images, mu, labels, class_names=class_names, options=options)
         )
         return figures
 

@@ -13,7 +13,9 @@ Conventions (shared by every function here):
   so nothing leaks between calls and no display is needed) at :data:`DPI` = 100 with a fixed size,
   and PNGs are written without bbox cropping, so pixel sizes are ``figsize × dpi``:
   :func:`latent_scatter` 7 × 6 in → 700 × 600 px (legend outside on the right),
-  :func:`manifold_figure` 6 × 6 in → 600 × 600 px.
+  :func:`manifold_figure` 6 × 6 in → 600 × 600 px. :func:`grid_figure` (the reconstructions,
+  samples and interpolation) is sized to its grid instead: the grid's pixels 1:1, a title above,
+  row labels left of it (see there).
 * **Decoders**: functions that need the model take ``decode: Callable[[Tensor], Tensor]`` mapping
   latent codes ``(n, d)`` to decoder-mean images in [0, 1] of shape ``(n, C, H, W)`` (e.g.
   ``VAEModule.decode``). It is called under ``torch.no_grad()`` in chunks of ``batch_size`` codes
@@ -58,6 +60,7 @@ __all__ = [
     "SCATTER_FIGSIZE",
     "decode_batched",
     "figure_to_tensor",
+    "grid_figure",
     "interpolation_grid",
     "latent_scatter",
     "manifold",
@@ -80,6 +83,10 @@ SCATTER_MARGIN = 0.01  # room kept right of a legend that needs more than the de
 MANIFOLD_AXES = (0.13, 0.12, 0.83, 0.81)
 GRID_PADDING = 2
 GRID_PAD_VALUE = 1.0  # white
+GRID_TITLE_SIZE = 10.0  # points: grid_figure's title
+GRID_LABEL_SIZE = 8.0  # points: its row and column labels
+GRID_MARGIN = 6  # px of white around a grid_figure's content
+GRID_LABEL_GAP = 4  # px between a label and the grid
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_CLASS_NAMES: tuple[str, ...] = tuple(str(k) for k in range(10))
 _RANGE_TOL = 1e-3
@@ -588,6 +595,117 @@ def interpolation_grid(
     path = (1 - s)[None, :, None] * z0[:, None, :] + s[None, :, None] * z1[:, None, :]
     images = decode_batched(decode, path.flatten(0, 1), batch_size=batch_size, device=device)
     return _grid(images, nrow=steps)
+
+
+# ---- a grid with its title and labels ------------------------------------------------------------
+class _GridLayout(NamedTuple):
+    """Where :func:`grid_figure` puts things, in pixels from the figure's top-left corner."""
+
+    width: int
+    height: int
+    left: int  # the grid's left edge
+    top: int  # the grid's top edge
+    stride: tuple[int, int]  # tile height and width + padding
+
+
+def _text_px(text: str, *, size: float) -> tuple[float, float]:
+    """(width, height) in pixels of one line of ``text`` at ``size`` points, drawn at :data:`DPI`."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    width, height, _ = RendererAgg(1, 1, DPI).get_text_width_height_descent(
+        text, FontProperties(size=size), ismath=False
+    )
+    return width, height
+
+
+def _grid_layout(
+    shape: tuple[int, int],
+    *,
+    rows: int,
+    cols: int,
+    title: str,
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+) -> _GridLayout:
+    """:func:`grid_figure`'s layout for a grid of ``shape`` (H, W) px: title band, label column."""
+    height, width = shape
+    stride_h, rem_h = divmod(height - GRID_PADDING, rows)
+    stride_w, rem_w = divmod(width - GRID_PADDING, cols)
+    if rem_h or rem_w or min(stride_h, stride_w) <= GRID_PADDING:
+        raise ValueError(f"a grid of {height} × {width} px is not {rows} rows × {cols} columns")
+    gap = GRID_LABEL_GAP
+    labels_w = max((_text_px(t, size=GRID_LABEL_SIZE)[0] for t in row_labels), default=-gap)
+    labels_h = max((_text_px(t, size=GRID_LABEL_SIZE)[1] for t in column_labels), default=-gap)
+    title_w, title_h = _text_px(title, size=GRID_TITLE_SIZE)
+    content_w = math.ceil(labels_w) + gap + width
+    fig_w = max(content_w, math.ceil(title_w)) + 2 * GRID_MARGIN
+    top = GRID_MARGIN + math.ceil(title_h) + gap + math.ceil(labels_h) + gap
+    return _GridLayout(
+        width=fig_w,
+        height=top + height + GRID_MARGIN,
+        left=(fig_w - content_w) // 2 + content_w - width,
+        top=top,
+        stride=(stride_h, stride_w),
+    )
+
+
+def _inches(px: int) -> float:
+    """``px / DPI``, nudged up so that Agg (which truncates ``inches · dpi``) draws ``px`` pixels."""
+    return math.nextafter(px / DPI, math.inf)
+
+
+def grid_figure(
+    grid: Tensor,
+    *,
+    title: str,
+    rows: int,
+    cols: int,
+    row_labels: Sequence[str] = (),
+    column_labels: Sequence[str] = (),
+) -> Figure:
+    """An image grid ``(3 or 1, H, W)`` in [0, 1] (:func:`reconstruction_grid`, :func:`sample_grid`,
+    :func:`interpolation_grid`, grey or colour) as a Figure that says what it shows.
+
+    The grid is drawn pixel for pixel (``figimage``, no resampling), rounded to 8 bits as
+    :func:`save_png` rounds a tensor, so the PNG holds exactly the decoded pixels. Above it the title
+    (``fig.get_suptitle()``, :data:`GRID_TITLE_SIZE` pt); left of image row r, centred on it, the
+    right-aligned ``row_labels[r]`` (one per row, or none); above column c ``column_labels[c]``
+    (one per column, or none; an empty string is no label), :data:`GRID_LABEL_SIZE` pt. The
+    figure is as large as that needs (text measured by Agg at :data:`DPI`), with
+    :data:`GRID_MARGIN` px of white around, and the grid's ``rows × cols`` tiles must tile it
+    with the padding of every grid here.
+    """
+    image = _as_tensor(grid)
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"grid must have shape (1 or 3, H, W), got {tuple(image.shape)}")
+    for labels, n, what in ((row_labels, rows, "row"), (column_labels, cols, "column")):
+        if labels and len(labels) != n:
+            raise ValueError(f"{len(labels)} {what} labels for {n} {what}s")
+    shape = (image.shape[1], image.shape[2])
+    lay = _grid_layout(
+        shape, rows=rows, cols=cols, title=title, row_labels=row_labels, column_labels=column_labels
+    )
+    pixels = _as_images(image[None], name="grid")[0].expand(3, -1, -1)
+    rgb = pixels.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    fig = Figure(figsize=(_inches(lay.width), _inches(lay.height)), dpi=DPI, facecolor="white")
+    fig.figimage(rgb, xo=lay.left, yo=lay.height - lay.top - shape[0], origin="upper")
+    fig.suptitle(
+        title, x=0.5, y=1 - GRID_MARGIN / lay.height, ha="center", va="top", size=GRID_TITLE_SIZE
+    )
+    first = GRID_PADDING + (lay.stride[0] - GRID_PADDING) / 2  # centre of the first tile
+    for r, text in enumerate(row_labels):
+        y = 1 - (lay.top + first + r * lay.stride[0]) / lay.height
+        x = (lay.left - GRID_LABEL_GAP) / lay.width
+        fig.text(x, y, text, ha="right", va="center", size=GRID_LABEL_SIZE)
+    first = GRID_PADDING + (lay.stride[1] - GRID_PADDING) / 2
+    for c, text in enumerate(column_labels):
+        if not text:
+            continue
+        x = (lay.left + first + c * lay.stride[1]) / lay.width
+        y = 1 - (lay.top - GRID_LABEL_GAP) / lay.height
+        fig.text(x, y, text, ha="center", va="bottom", size=GRID_LABEL_SIZE)
+    return fig
 
 
 # ---- figures → tensors / files -------------------------------------------------------------------
