@@ -158,7 +158,7 @@ def test_help_and_cfg_still_reach_hydra(tmp_path: Path) -> None:
 # ---- §2: the loggers -------------------------------------------------------------------------
 
 
-def _cosine_lr(step: int, total: int, lr: float = 4e-3) -> float:
+def _cosine_lr(step: int, total: int, lr: float = 3e-3) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * step / total))
 
 

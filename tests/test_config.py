@@ -47,8 +47,8 @@ def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
     assert cfg.model.likelihood == "bernoulli"
     assert cfg.trainer.accelerator == "auto"
     assert cfg.trainer.max_epochs == 100
-    assert cfg.optim.lr == 4e-3
-    assert cfg.data.batch_size == 512
+    assert cfg.optim.lr == 3e-3
+    assert cfg.data.batch_size == 128
     assert cfg.data.val_size == 5000
     assert cfg.data.binarize == "none"
     assert cfg.data.seed == cfg.seed == cfg.eval.seed
@@ -59,7 +59,7 @@ def test_data_options_instantiate(option: str, tmp_path: Path) -> None:
     dm = instantiate(compose_config([f"data={option}"], output_dir=tmp_path).data)
     assert isinstance(dm, MNISTDataModule)
     assert dm.dataset == option
-    assert dm.batch_size == 512
+    assert dm.batch_size == 128
     assert dm.download is False  # the test config never touches the network
 
 
@@ -83,7 +83,7 @@ def test_model_options_build_working_networks(option: str, latent_dim: int, tmp_
 def test_trainer_options_instantiate_on_cpu(
     option: str, accelerator: str, devices: int, strategy: type | None, tmp_path: Path
 ) -> None:
-    cfg = compose_config([f"trainer={option}"], output_dir=tmp_path)
+    cfg = compose_config([f"trainer={option}", "trainer.precision=auto"], output_dir=tmp_path)
     trainer, _ = build_trainer(cfg)  # precision=auto is resolved there, not by Lightning
     if not torch.cuda.is_available():
         assert type(trainer.accelerator).__name__ == "CPUAccelerator"

@@ -403,7 +403,7 @@ def test_constructor_rejects_bad_values(key: str, value: object, allowed: str) -
 def test_defaults_and_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VAE_DATA_DIR", raising=False)
     dm = MNISTDataModule()
-    assert (dm.batch_size, dm.eval_batch_size, dm.val_size, dm.seed) == (512, 1000, 5000, 0)
+    assert (dm.batch_size, dm.eval_batch_size, dm.val_size, dm.seed) == (128, 1000, 5000, 0)
     assert (dm.binarize, dm.download, dm.num_workers, dm.pin_memory) == ("none", True, 0, False)
     assert dm.device_resident is False
     assert dm.root == Path.cwd() / "data"  # relative to where it started, stored absolute
@@ -448,7 +448,7 @@ def test_fashion_config_changes_only_the_dataset(monkeypatch: pytest.MonkeyPatch
     assert fashion.pop("dataset") == "fashion_mnist"
     assert fashion.pop("batch_size") == 64
     assert mnist.pop("dataset") == "mnist"
-    assert mnist.pop("batch_size") == 512
+    assert mnist.pop("batch_size") == 128
     assert fashion == mnist
     dm = instantiate({**fashion, "dataset": "fashion_mnist"})
     assert dm.dataset == "fashion_mnist"
@@ -776,7 +776,7 @@ def test_real_shapes_dtypes_and_range(real: SimpleNamespace) -> None:
         assert float(x.min()) >= 0.0
         assert float(x.max()) <= 1.0
     x, _, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
-    assert x.shape[0] == dm.batch_size == 512  # DataConfig's default
+    assert x.shape[0] == dm.batch_size == 128  # DataConfig's default
     x, _, _ = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())), 0)
     assert x.shape[0] == 1000
     # grey levels are exactly ToTensor's: uint8 / 255

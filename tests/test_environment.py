@@ -18,7 +18,6 @@ import torchvision
 from conftest import ROOT
 
 from vae.train.environment import (
-    auto_precision,
     collect_environment,
     environment_markdown,
     format_environment,
@@ -151,8 +150,7 @@ def test_a_run_records_its_environment(make_cfg, mnist_root: Path) -> None:
     env = json.loads((out / "metrics.json").read_text())["environment"]
     assert env["torch"] == torch.__version__
     assert env["device"] == "cpu"
-    assert cfg.trainer.precision == "auto"  # resolved for this CPU when the trainer is built
-    assert env["precision"] == auto_precision("cpu")
+    assert env["precision"] == str(cfg.trainer.precision) == "32-true"
     assert env["threads"] == torch.get_num_threads()
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
     events.Reload()

@@ -54,7 +54,7 @@ def test_curated_hparams_are_the_config_values_tensorboard_can_show(tmp_path: Pa
         "optim.scheduler": "cosine",
         "data.dataset": "fashion_mnist",
         "data.binarize": "none",
-        "data.batch_size": "512",
+        "data.batch_size": "128",
         "seed": "7",
         "trainer.max_epochs": "100",
     }

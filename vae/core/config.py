@@ -102,7 +102,7 @@ class OptimConfig:
     lr · 10^(−i/7) (Burda et al. 2015, §5)."""
 
     optimizer: str = _field("adam", one_of(("adam", "adamw")))
-    lr: float = _field(4.0e-3, number_at_least(0, strict=True))
+    lr: float = _field(3.0e-3, number_at_least(0, strict=True))
     weight_decay: float = _field(0.0, number_at_least(0))
     # none | cosine (per step, down to lr · min_lr_ratio) | burda (stage i = 0, 1, … lasts 3^i
     # epochs at lr · 10^(−i/7), Burda et al. 2015; 8 stages = 3280 epochs)

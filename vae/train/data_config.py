@@ -46,7 +46,7 @@ class DataConfig:
     dataset: str = _field("mnist", one_of(DATASETS))
     #: MNIST: the folder holding MNIST/raw/ (null: $VAE_DATA_DIR, else ./data); folder: the images
     root: str | None = _field(None, path(optional=True))
-    batch_size: int = _field(512, int_at_least(1))
+    batch_size: int = _field(128, int_at_least(1))
     #: validation and test batches: only a forward pass, so larger
     eval_batch_size: int = _field(1000, int_at_least(1))
     #: images of the training part held out for validation (a count, or a fraction below 1)
