@@ -1055,7 +1055,7 @@ MODEL_KEYS = ", ".join(sorted(f.name for f in dataclasses.fields(ModelConfig)))
         ),
         (
             "trainer.precision=16",
-            "error: trainer.precision=16: expected one of 64-true, 32-true, 16-mixed, bf16-mixed, "
+            "error: trainer.precision=16: expected one of auto, 64-true, 32-true, 16-mixed, bf16-mixed, "
             "16-true, bf16-true, transformer-engine",
         ),
     ],
