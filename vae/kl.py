@@ -41,6 +41,7 @@ Conventions for zero probabilities follow Cover & Thomas, *Elements of Informati
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from numbers import Real
@@ -98,9 +99,6 @@ def _check_float(name: str, t: Tensor) -> None:
         raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
 
 
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
 def _compute_dtypes(*tensors: Tensor | None) -> tuple[torch.dtype, torch.dtype]:
     """(result dtype, dtype to compute in) of the Gaussian functions for these inputs.
 
@@ -110,11 +108,8 @@ def _compute_dtypes(*tensors: Tensor | None) -> tuple[torch.dtype, torch.dtype]:
     small Δ. For float32 and float64 both are the same and :func:`_as` returns the tensors
     themselves: the float32 training path pays a few dtype comparisons, no copy and no kernel.
     """
-    dtype = None
-    for t in tensors:
-        if t is not None:
-            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
-    return dtype, (torch.float32 if dtype in _HALF_DTYPES else dtype)
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors if t is not None))
+    return dtype, (torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
 
 
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -138,11 +133,9 @@ def _any_on_host(flags: Tensor) -> bool:
     runs, eagerly. Under ``torch.func.vmap``, which cannot read values, a RuntimeError says the same.
     """
     if torch.compiler.is_compiling():
-        torch._dynamo.graph_break(  # torch._dynamo is imported whenever this branch is traced
-            msg=_HOST_CHECK_HINT.format(
-                what="torch.compile(fullgraph=True)", where="in compiled code"
-            )
-        )
+        what, where = "torch.compile(fullgraph=True)", "in compiled code"
+        # torch._dynamo is imported whenever this branch is traced
+        torch._dynamo.graph_break(msg=_HOST_CHECK_HINT.format(what=what, where=where))
     try:
         return bool(flags.any())
     except RuntimeError as err:  # functorch: "data-dependent control flow" is not supported
