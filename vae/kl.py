@@ -246,15 +246,13 @@ def _gaussian_kl_per_dim(
     dtype, compute = _compute_dtypes(mu, logvar, prior_mu, prior_logvar)
     mu, logvar = _as(mu, compute), _as(logvar, compute)  # the same tensors unless half precision
 
-    if prior_mu is None and prior_logvar is None:
-        # Kingma & Welling (2013), "Auto-Encoding Variational Bayes", appendix B:
-        # −KL = ½ Σ (1 + log σ² − μ² − σ²); here written as ½ (μ² + (e^{log σ²} − 1 − log σ²)).
-        return 0.5 * (mu.square() + _expm1mx(logvar)), dtype
-
     # General diagonal case, one dimension at a time (Rasmussen & Williams 2006, GPML, app. A.5):
     # KL = ½ [σ²/σ₀² − 1 − ln(σ²/σ₀²) + (μ − μ₀)²/σ₀²] with σ²/σ₀² = e^Δ, 1/σ₀² = e^{−ln σ₀²}.
     diff = mu if prior_mu is None else mu - _as(prior_mu, compute)
     if prior_logvar is None:
+        # Unit prior variance. Against N(0, I) this is Kingma & Welling (2013), "Auto-Encoding
+        # Variational Bayes", appendix B: −KL = ½ Σ (1 + log σ² − μ² − σ²), here written as
+        # ½ (μ² + (e^{log σ²} − 1 − log σ²)) (the sum commutes: the same bits in either order).
         return 0.5 * (_expm1mx(logvar) + diff.square()), dtype
     prior_logvar = _as(prior_logvar, compute)
     kl = 0.5 * (_expm1mx(logvar - prior_logvar) + diff.square() * torch.exp(-prior_logvar))
@@ -302,11 +300,11 @@ def gaussian_kl(
 def _normal_params(name: str, d: Distribution) -> tuple[Tensor, Tensor, int]:
     """(mean, log-variance, number of event dimensions) of a ``Normal`` or
     ``Independent(Normal)``."""
+    event_dims = 0
     if isinstance(d, Independent) and isinstance(d.base_dist, Normal):
-        base = d.base_dist
-        return base.loc, 2.0 * base.scale.log(), d.reinterpreted_batch_ndims
+        d, event_dims = d.base_dist, d.reinterpreted_batch_ndims
     if isinstance(d, Normal):
-        return d.loc, 2.0 * d.scale.log(), 0
+        return d.loc, 2.0 * d.scale.log(), event_dims
     other = "mvn_kl" if isinstance(d, MultivariateNormal) else "a Normal or Independent(Normal)"
     raise TypeError(
         f"{name} must be a Normal or Independent(Normal) here, got {type(d).__name__}; use {other}"
