@@ -393,16 +393,8 @@ def mvn_kl(
         # Prior N(μ₀, I) (μ₀ = 0 if None): ½ (tr Σ + ‖μ − μ₀‖² − k − ln det Σ), tr(L Lᵀ) = ‖L‖²_F.
         kl = 0.5 * (L.square().sum((-2, -1)) + diff.square().sum(-1) - k - logdet)
         return _as(kl, dtype)
+    # Full-covariance prior: L₀ its lower triangle, broadcast to the batch.
     L0 = _as(prior_scale_tril, compute).tril()
-    return _as(_mvn_kl_full(L, diff, L0, batch=batch, logdet=logdet), dtype)
-
-
-def _mvn_kl_full(
-    L: Tensor, diff: Tensor, L0: Tensor, *, batch: torch.Size, logdet: Tensor
-) -> Tensor:
-    """:func:`mvn_kl` against a full-covariance prior, from the lower triangles ``L``, ``L0``, the
-    mean difference μ − μ₀ and ln det Σ."""
-    k = L.shape[-1]
     L0b = L0.expand(*batch, k, k)
     # tr(Σ₀⁻¹Σ) = tr(L₀⁻ᵀ L₀⁻¹ L Lᵀ) = ‖L₀⁻¹ L‖²_F, with M = L₀⁻¹L from a triangular solve.
     M = torch.linalg.solve_triangular(L0b, L.expand(*batch, k, k), upper=False)
@@ -412,7 +404,7 @@ def _mvn_kl_full(
     maha = v.squeeze(-1).square().sum(-1)
     prior_logdet = 2.0 * L0.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
     # Rasmussen & Williams (2006), GPML, appendix A.5 (KL between two multivariate Gaussians).
-    return 0.5 * (trace + maha - k + prior_logdet - logdet)
+    return _as(0.5 * (trace + maha - k + prior_logdet - logdet), dtype)
 
 
 def _mvn_batch_shape(
