@@ -683,8 +683,8 @@ def _log_base(base: float) -> float | None:
 
 
 def _validate_pmf(name: str, p: Tensor, dim: int) -> None:
-    """Raise ValueError unless p holds probability vectors along dim (one fused check)."""
-    _check_float(name, p)
+    """Raise ValueError unless p (a floating-point tensor) holds probability vectors along dim (one
+    fused check)."""
     if p.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension, got a scalar")
     if p.numel() == 0:
@@ -699,8 +699,7 @@ def _validate_pmf(name: str, p: Tensor, dim: int) -> None:
     if not _any_on_host(bad):  # a clear error under torch.compile(fullgraph=True) / vmap
         return
     # Slow path, only on failure: say what is wrong.
-    if torch.isnan(p).any():
-        raise ValueError(f"{name} contains NaN")
+    _check_no_nan({name: p})
     if torch.isinf(p).any():
         raise ValueError(f"{name} contains infinite entries")
     if (p < 0).any():
@@ -723,8 +722,7 @@ def _validate_logits(name: str, logits: Tensor, dim: int) -> None:
     bad = impossible.any(dim) | (logits == -math.inf).all(dim)
     if not _any_on_host(bad):
         return
-    if logits.isnan().any():
-        raise ValueError(f"{name} contains NaN")
+    _check_no_nan({name: logits})
     if impossible.any():
         raise ValueError(f"{name} contains +inf (a probability that is not finite)")
     raise ValueError(f"{name} has a vector of -inf only along dim={dim} (no outcome possible)")
@@ -760,11 +758,8 @@ def _discrete_inputs(
         _categorical_probs("q", q, dim)  # checks dim
         # its normalised logits, −inf where a probability is exactly 0 (as kl_divergence reads it)
         q, logits = None, q.logits.masked_fill(q.probs == 0, -math.inf)
-    elif q is not None:
-        _check_float("q", q)
-    else:
-        _check_float("logits", logits)
     other_name, other = ("q", q) if q is not None else ("logits", logits)
+    _check_float(other_name, other)
     try:
         p, other = torch.broadcast_tensors(p, other)
     except RuntimeError:
