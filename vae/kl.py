@@ -379,10 +379,9 @@ def mvn_kl(
     ``ValueError`` for a scale matrix that is not k × k, batch shapes that do not broadcast, or
     (when ``validate``) a zero on a scale matrix's diagonal.
     """
-    mu, scale_tril, prior_mu, prior_scale_tril = _mvn_args(
-        mu, scale_tril, prior_mu, prior_scale_tril
+    mu, scale_tril, prior_mu, prior_scale_tril, batch = _mvn_inputs(
+        mu, scale_tril, prior_mu, prior_scale_tril, validate=validate
     )
-    batch = _mvn_batch_shape(mu, scale_tril, prior_mu, prior_scale_tril, validate=validate)
     k = mu.shape[-1]
     dtype, compute = _compute_dtypes(mu, scale_tril, prior_mu, prior_scale_tril)
     L = _as(scale_tril, compute).tril()
@@ -407,16 +406,28 @@ def mvn_kl(
     return _as(0.5 * (trace + maha - k + prior_logdet - logdet), dtype)
 
 
-def _mvn_batch_shape(
-    mu: Tensor,
-    scale_tril: Tensor,
+def _mvn_inputs(
+    mu: Tensor | MultivariateNormal,
+    scale_tril: Tensor | MultivariateNormal | None,
     prior_mu: Tensor | None,
     prior_scale_tril: Tensor | None,
     *,
     validate: bool,
-) -> torch.Size:
-    """The broadcast batch shape of :func:`mvn_kl`'s arguments, after checking their dtypes and
-    shapes (and, when ``validate``, the scale matrices' diagonals); its errors are mvn_kl's."""
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, torch.Size]:
+    """The tensors of :func:`mvn_kl` from either call form (tensors, or distributions (q, p)) and
+    their broadcast batch shape, after checking their dtypes and shapes (and, when ``validate``,
+    the scale matrices' diagonals); its errors are mvn_kl's."""
+    if isinstance(mu, Distribution):
+        for name, d in (("q", mu), ("p", scale_tril)):
+            if d is not None and not isinstance(d, MultivariateNormal):
+                raise TypeError(f"{name} must be a MultivariateNormal, got {type(d).__name__}")
+        if prior_mu is not None or prior_scale_tril is not None:
+            raise TypeError("with q a distribution, pass the prior as one too: mvn_kl(q, p)")
+        if scale_tril is not None:  # p; None is N(0, I)
+            prior_mu, prior_scale_tril = scale_tril.loc, scale_tril.scale_tril
+        mu, scale_tril = mu.loc, mu.scale_tril
+    elif not isinstance(scale_tril, Tensor):
+        raise TypeError("scale_tril must be a tensor when mu is one (or pass q, p)")
     _check_float("mu", mu)
     _check_float("scale_tril", scale_tril)
     if mu.dim() < 1:
@@ -446,28 +457,7 @@ def _mvn_batch_shape(
         _check_no_nan({"mu": mu, **named, "prior_mu": prior_mu})
         for name, t in named.items():
             _check_nonzero_diagonal(name, t)
-    return batch
-
-
-def _mvn_args(
-    mu: Tensor | MultivariateNormal,
-    scale_tril: Tensor | MultivariateNormal | None,
-    prior_mu: Tensor | None,
-    prior_scale_tril: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """The tensors of :func:`mvn_kl` from either call form (tensors, or distributions (q, p))."""
-    if not isinstance(mu, Distribution):
-        if not isinstance(scale_tril, Tensor):
-            raise TypeError("scale_tril must be a tensor when mu is one (or pass q, p)")
-        return mu, scale_tril, prior_mu, prior_scale_tril
-    for name, d in (("q", mu), ("p", scale_tril)):
-        if d is not None and not isinstance(d, MultivariateNormal):
-            raise TypeError(f"{name} must be a MultivariateNormal, got {type(d).__name__}")
-    if prior_mu is not None or prior_scale_tril is not None:
-        raise TypeError("with q a distribution, pass the prior as one too: mvn_kl(q, p)")
-    if scale_tril is None:
-        return mu.loc, mu.scale_tril, None, None
-    return mu.loc, mu.scale_tril, scale_tril.loc, scale_tril.scale_tril
+    return mu, scale_tril, prior_mu, prior_scale_tril, batch
 
 
 def _check_nonzero_diagonal(name: str, tril: Tensor) -> None:
