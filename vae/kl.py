@@ -41,6 +41,7 @@ Conventions for zero probabilities follow Cover & Thomas, *Elements of Informati
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from numbers import Real
@@ -98,9 +99,6 @@ def _check_float(name: str, t: Tensor) -> None:
         raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
 
 
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
 def _compute_dtypes(*tensors: Tensor | None) -> tuple[torch.dtype, torch.dtype]:
     """(result dtype, dtype to compute in) of the Gaussian functions for these inputs.
 
@@ -110,11 +108,8 @@ def _compute_dtypes(*tensors: Tensor | None) -> tuple[torch.dtype, torch.dtype]:
     small Δ. For float32 and float64 both are the same and :func:`_as` returns the tensors
     themselves: the float32 training path pays a few dtype comparisons, no copy and no kernel.
     """
-    dtype = None
-    for t in tensors:
-        if t is not None:
-            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
-    return dtype, (torch.float32 if dtype in _HALF_DTYPES else dtype)
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors if t is not None))
+    return dtype, (torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
 
 
 def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -138,11 +133,9 @@ def _any_on_host(flags: Tensor) -> bool:
     runs, eagerly. Under ``torch.func.vmap``, which cannot read values, a RuntimeError says the same.
     """
     if torch.compiler.is_compiling():
-        torch._dynamo.graph_break(  # torch._dynamo is imported whenever this branch is traced
-            msg=_HOST_CHECK_HINT.format(
-                what="torch.compile(fullgraph=True)", where="in compiled code"
-            )
-        )
+        what, where = "torch.compile(fullgraph=True)", "in compiled code"
+        # torch._dynamo is imported whenever this branch is traced
+        torch._dynamo.graph_break(msg=_HOST_CHECK_HINT.format(what=what, where=where))
     try:
         return bool(flags.any())
     except RuntimeError as err:  # functorch: "data-dependent control flow" is not supported
@@ -253,15 +246,13 @@ def _gaussian_kl_per_dim(
     dtype, compute = _compute_dtypes(mu, logvar, prior_mu, prior_logvar)
     mu, logvar = _as(mu, compute), _as(logvar, compute)  # the same tensors unless half precision
 
-    if prior_mu is None and prior_logvar is None:
-        # Kingma & Welling (2013), "Auto-Encoding Variational Bayes", appendix B:
-        # −KL = ½ Σ (1 + log σ² − μ² − σ²); here written as ½ (μ² + (e^{log σ²} − 1 − log σ²)).
-        return 0.5 * (mu.square() + _expm1mx(logvar)), dtype
-
     # General diagonal case, one dimension at a time (Rasmussen & Williams 2006, GPML, app. A.5):
     # KL = ½ [σ²/σ₀² − 1 − ln(σ²/σ₀²) + (μ − μ₀)²/σ₀²] with σ²/σ₀² = e^Δ, 1/σ₀² = e^{−ln σ₀²}.
     diff = mu if prior_mu is None else mu - _as(prior_mu, compute)
     if prior_logvar is None:
+        # Unit prior variance. Against N(0, I) this is Kingma & Welling (2013), "Auto-Encoding
+        # Variational Bayes", appendix B: −KL = ½ Σ (1 + log σ² − μ² − σ²), here written as
+        # ½ (μ² + (e^{log σ²} − 1 − log σ²)) (the sum commutes: the same bits in either order).
         return 0.5 * (_expm1mx(logvar) + diff.square()), dtype
     prior_logvar = _as(prior_logvar, compute)
     kl = 0.5 * (_expm1mx(logvar - prior_logvar) + diff.square() * torch.exp(-prior_logvar))
@@ -309,11 +300,11 @@ def gaussian_kl(
 def _normal_params(name: str, d: Distribution) -> tuple[Tensor, Tensor, int]:
     """(mean, log-variance, number of event dimensions) of a ``Normal`` or
     ``Independent(Normal)``."""
+    event_dims = 0
     if isinstance(d, Independent) and isinstance(d.base_dist, Normal):
-        base = d.base_dist
-        return base.loc, 2.0 * base.scale.log(), d.reinterpreted_batch_ndims
+        d, event_dims = d.base_dist, d.reinterpreted_batch_ndims
     if isinstance(d, Normal):
-        return d.loc, 2.0 * d.scale.log(), 0
+        return d.loc, 2.0 * d.scale.log(), event_dims
     other = "mvn_kl" if isinstance(d, MultivariateNormal) else "a Normal or Independent(Normal)"
     raise TypeError(
         f"{name} must be a Normal or Independent(Normal) here, got {type(d).__name__}; use {other}"
@@ -388,10 +379,9 @@ def mvn_kl(
     ``ValueError`` for a scale matrix that is not k × k, batch shapes that do not broadcast, or
     (when ``validate``) a zero on a scale matrix's diagonal.
     """
-    mu, scale_tril, prior_mu, prior_scale_tril = _mvn_args(
-        mu, scale_tril, prior_mu, prior_scale_tril
+    mu, scale_tril, prior_mu, prior_scale_tril, batch = _mvn_inputs(
+        mu, scale_tril, prior_mu, prior_scale_tril, validate=validate
     )
-    batch = _mvn_batch_shape(mu, scale_tril, prior_mu, prior_scale_tril, validate=validate)
     k = mu.shape[-1]
     dtype, compute = _compute_dtypes(mu, scale_tril, prior_mu, prior_scale_tril)
     L = _as(scale_tril, compute).tril()
@@ -402,16 +392,8 @@ def mvn_kl(
         # Prior N(μ₀, I) (μ₀ = 0 if None): ½ (tr Σ + ‖μ − μ₀‖² − k − ln det Σ), tr(L Lᵀ) = ‖L‖²_F.
         kl = 0.5 * (L.square().sum((-2, -1)) + diff.square().sum(-1) - k - logdet)
         return _as(kl, dtype)
+    # Full-covariance prior: L₀ its lower triangle, broadcast to the batch.
     L0 = _as(prior_scale_tril, compute).tril()
-    return _as(_mvn_kl_full(L, diff, L0, batch=batch, logdet=logdet), dtype)
-
-
-def _mvn_kl_full(
-    L: Tensor, diff: Tensor, L0: Tensor, *, batch: torch.Size, logdet: Tensor
-) -> Tensor:
-    """:func:`mvn_kl` against a full-covariance prior, from the lower triangles ``L``, ``L0``, the
-    mean difference μ − μ₀ and ln det Σ."""
-    k = L.shape[-1]
     L0b = L0.expand(*batch, k, k)
     # tr(Σ₀⁻¹Σ) = tr(L₀⁻ᵀ L₀⁻¹ L Lᵀ) = ‖L₀⁻¹ L‖²_F, with M = L₀⁻¹L from a triangular solve.
     M = torch.linalg.solve_triangular(L0b, L.expand(*batch, k, k), upper=False)
@@ -421,19 +403,31 @@ def _mvn_kl_full(
     maha = v.squeeze(-1).square().sum(-1)
     prior_logdet = 2.0 * L0.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
     # Rasmussen & Williams (2006), GPML, appendix A.5 (KL between two multivariate Gaussians).
-    return 0.5 * (trace + maha - k + prior_logdet - logdet)
+    return _as(0.5 * (trace + maha - k + prior_logdet - logdet), dtype)
 
 
-def _mvn_batch_shape(
-    mu: Tensor,
-    scale_tril: Tensor,
+def _mvn_inputs(
+    mu: Tensor | MultivariateNormal,
+    scale_tril: Tensor | MultivariateNormal | None,
     prior_mu: Tensor | None,
     prior_scale_tril: Tensor | None,
     *,
     validate: bool,
-) -> torch.Size:
-    """The broadcast batch shape of :func:`mvn_kl`'s arguments, after checking their dtypes and
-    shapes (and, when ``validate``, the scale matrices' diagonals); its errors are mvn_kl's."""
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, torch.Size]:
+    """The tensors of :func:`mvn_kl` from either call form (tensors, or distributions (q, p)) and
+    their broadcast batch shape, after checking their dtypes and shapes (and, when ``validate``,
+    the scale matrices' diagonals); its errors are mvn_kl's."""
+    if isinstance(mu, Distribution):
+        for name, d in (("q", mu), ("p", scale_tril)):
+            if d is not None and not isinstance(d, MultivariateNormal):
+                raise TypeError(f"{name} must be a MultivariateNormal, got {type(d).__name__}")
+        if prior_mu is not None or prior_scale_tril is not None:
+            raise TypeError("with q a distribution, pass the prior as one too: mvn_kl(q, p)")
+        if scale_tril is not None:  # p; None is N(0, I)
+            prior_mu, prior_scale_tril = scale_tril.loc, scale_tril.scale_tril
+        mu, scale_tril = mu.loc, mu.scale_tril
+    elif not isinstance(scale_tril, Tensor):
+        raise TypeError("scale_tril must be a tensor when mu is one (or pass q, p)")
     _check_float("mu", mu)
     _check_float("scale_tril", scale_tril)
     if mu.dim() < 1:
@@ -463,28 +457,7 @@ def _mvn_batch_shape(
         _check_no_nan({"mu": mu, **named, "prior_mu": prior_mu})
         for name, t in named.items():
             _check_nonzero_diagonal(name, t)
-    return batch
-
-
-def _mvn_args(
-    mu: Tensor | MultivariateNormal,
-    scale_tril: Tensor | MultivariateNormal | None,
-    prior_mu: Tensor | None,
-    prior_scale_tril: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """The tensors of :func:`mvn_kl` from either call form (tensors, or distributions (q, p))."""
-    if not isinstance(mu, Distribution):
-        if not isinstance(scale_tril, Tensor):
-            raise TypeError("scale_tril must be a tensor when mu is one (or pass q, p)")
-        return mu, scale_tril, prior_mu, prior_scale_tril
-    for name, d in (("q", mu), ("p", scale_tril)):
-        if d is not None and not isinstance(d, MultivariateNormal):
-            raise TypeError(f"{name} must be a MultivariateNormal, got {type(d).__name__}")
-    if prior_mu is not None or prior_scale_tril is not None:
-        raise TypeError("with q a distribution, pass the prior as one too: mvn_kl(q, p)")
-    if scale_tril is None:
-        return mu.loc, mu.scale_tril, None, None
-    return mu.loc, mu.scale_tril, scale_tril.loc, scale_tril.scale_tril
+    return mu, scale_tril, prior_mu, prior_scale_tril, batch
 
 
 def _check_nonzero_diagonal(name: str, tril: Tensor) -> None:
@@ -700,8 +673,8 @@ def _log_base(base: float) -> float | None:
 
 
 def _validate_pmf(name: str, p: Tensor, dim: int) -> None:
-    """Raise ValueError unless p holds probability vectors along dim (one fused check)."""
-    _check_float(name, p)
+    """Raise ValueError unless p (a floating-point tensor) holds probability vectors along dim (one
+    fused check)."""
     if p.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension, got a scalar")
     if p.numel() == 0:
@@ -716,8 +689,7 @@ def _validate_pmf(name: str, p: Tensor, dim: int) -> None:
     if not _any_on_host(bad):  # a clear error under torch.compile(fullgraph=True) / vmap
         return
     # Slow path, only on failure: say what is wrong.
-    if torch.isnan(p).any():
-        raise ValueError(f"{name} contains NaN")
+    _check_no_nan({name: p})
     if torch.isinf(p).any():
         raise ValueError(f"{name} contains infinite entries")
     if (p < 0).any():
@@ -740,8 +712,7 @@ def _validate_logits(name: str, logits: Tensor, dim: int) -> None:
     bad = impossible.any(dim) | (logits == -math.inf).all(dim)
     if not _any_on_host(bad):
         return
-    if logits.isnan().any():
-        raise ValueError(f"{name} contains NaN")
+    _check_no_nan({name: logits})
     if impossible.any():
         raise ValueError(f"{name} contains +inf (a probability that is not finite)")
     raise ValueError(f"{name} has a vector of -inf only along dim={dim} (no outcome possible)")
@@ -777,11 +748,8 @@ def _discrete_inputs(
         _categorical_probs("q", q, dim)  # checks dim
         # its normalised logits, −inf where a probability is exactly 0 (as kl_divergence reads it)
         q, logits = None, q.logits.masked_fill(q.probs == 0, -math.inf)
-    elif q is not None:
-        _check_float("q", q)
-    else:
-        _check_float("logits", logits)
     other_name, other = ("q", q) if q is not None else ("logits", logits)
+    _check_float(other_name, other)
     try:
         p, other = torch.broadcast_tensors(p, other)
     except RuntimeError:
