@@ -25,15 +25,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, Progr
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import (
-    GrammarParseError,
-    InterpolationResolutionError,
-    MissingMandatoryValue,
-)
-from omegaconf.errors import ValidationError as OmegaConfValidationError
 
 from vae.errors import ConfigError, RunInterrupted, UserError
 from vae.rules import check, path
+from vae.train.boundary import Writes, user_error_exits
 from vae.train.checkpointing import (
     AtomicCheckpointIO,
     check_resumable,
@@ -42,7 +37,6 @@ from vae.train.checkpointing import (
 from vae.train.cli import sweep_jobs
 from vae.train.config import validate_config
 from vae.train.data import data_config
-from vae.train.diskspace import disk_full_is_one_line
 from vae.train.environment import auto_precision
 from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
@@ -85,35 +79,6 @@ def _build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
         if isinstance(cause, (MisconfigurationException, ValueError, TypeError)):
             raise ConfigError(f"trainer: {' '.join(str(cause).split())}") from None
         raise
-
-
-#: what OmegaConf raises for a value the user wrote (an interpolation that does not resolve, a
-#: ``???`` left unset, a value of the wrong type for its node): the user's to fix, not a bug
-_USER_CONFIG_ERRORS = (
-    InterpolationResolutionError,
-    MissingMandatoryValue,
-    OmegaConfValidationError,
-    GrammarParseError,
-)
-
-
-@contextlib.contextmanager
-def user_error_exits(context: str = "") -> Iterator[None]:
-    """The error boundary of a command: in the block (or the decorated function) a
-    :class:`UserError`, a value OmegaConf or Lightning refuses (:data:`_USER_CONFIG_ERRORS`,
-    ``MisconfigurationException``) becomes one ``error: <context><message>`` line on stderr and
-    exit 2. Anything else is a bug and keeps its traceback."""
-    try:
-        yield
-    except UserError as err:
-        print(f"error: {context}{err}", file=sys.stderr)
-        sys.exit(2)
-    except (*_USER_CONFIG_ERRORS, MisconfigurationException) as err:
-        key = getattr(err, "full_key", None)
-        where = f"{key}: " if key else ""
-        reason = " ".join(str(err).splitlines()[0].split()) if str(err) else type(err).__name__
-        print(f"error: {context}{where}{reason}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _check_creatable(directory: Path, *, key: str, value: Any, what: str) -> None:
@@ -464,19 +429,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return metrics
 
 
-@user_error_exits()
 def run_cli(cfg: DictConfig) -> float | None:
-    """Run :func:`train` for the command line: a user error becomes one line on stderr and exit 2."""
+    """Run :func:`train` for the command line, inside the error boundary
+    (:func:`~vae.train.boundary.user_error_exits`): a user error, a full disk or a run directory
+    deleted mid-run becomes one line on stderr and exit 2."""
+    with user_error_exits():  # the value itself may be refused (an interpolation that fails)
+        output_dir = cfg.paths.output_dir
+    writes = Writes(
+        output_dir,
+        what="the run's files (TensorBoard events, figures, metrics.json)",
+        kept="the checkpoints already written are intact",
+        fix="or write the run elsewhere with paths.log_dir=<dir>",
+    )
     try:
-        with (
-            run_dir_gone_is_one_line(cfg.paths.output_dir),
-            disk_full_is_one_line(
-                cfg.paths.output_dir,
-                what="the run's files (TensorBoard events, figures, metrics.json)",
-                kept="the checkpoints already written are intact",
-                fix="or write the run elsewhere with paths.log_dir=<dir>",
-            ),
-        ):
+        with user_error_exits(writes=writes), run_dir_gone_is_one_line(output_dir):
             metrics = train(cfg)
     except RunInterrupted as stop:
         if rank_zero_only.rank == 0:
