@@ -17,11 +17,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from omegaconf.errors import (
-    GrammarParseError,
-    InterpolationResolutionError,
-    MissingMandatoryValue,
-)
+from omegaconf.errors import GrammarParseError, InterpolationResolutionError, MissingMandatoryValue
 from omegaconf.errors import ValidationError as OmegaConfValidationError
 
 from vae.errors import UserError

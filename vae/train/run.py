@@ -29,11 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vae.errors import ConfigError, RunInterrupted, UserError
 from vae.rules import check, path
 from vae.train.boundary import Writes, user_error_exits
-from vae.train.checkpointing import (
-    AtomicCheckpointIO,
-    check_resumable,
-    remove_stale_temp_files,
-)
+from vae.train.checkpointing import AtomicCheckpointIO, check_resumable, remove_stale_temp_files
 from vae.train.cli import sweep_jobs
 from vae.train.config import validate_config
 from vae.train.data import data_config
@@ -81,9 +77,14 @@ def _build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
         raise
 
 
-def _check_creatable(directory: Path, *, key: str, value: Any, what: str) -> None:
-    """Create ``directory`` now (Hydra would next), or a :class:`ConfigError` naming ``key``: the
-    one test the OS cannot fool (``os.access`` says a folder under ``/proc`` is writable)."""
+def _check_creatable(config: DictConfig, directory: Any, *, key: str, what: str) -> None:
+    """Create ``directory`` now (Hydra would next), or a :class:`ConfigError` naming ``key`` if the
+    user typed it, else ``paths.log_dir`` (the key its default derives from): the one test the OS
+    cannot fool (``os.access`` says a folder under ``/proc`` is writable)."""
+    value = directory
+    if not any(o.startswith(f"{key}=") for o in config.hydra.overrides.hydra):  # not typed
+        key, value = "paths.log_dir", config.paths.log_dir
+    directory = Path(directory).absolute()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -95,12 +96,6 @@ def _check_creatable(directory: Path, *, key: str, value: Any, what: str) -> Non
             f"{key}={str(value)!r}: cannot create {what} there ({reason}); choose another "
             f"location with {key}=<dir>"
         ) from None
-
-
-def _typed(config: DictConfig, key: str) -> bool:
-    """Whether the user typed ``key=...`` (a Hydra override), so a message names it rather than
-    ``paths.log_dir``, the key its default derives from."""
-    return any(o.startswith(f"{key}=") for o in config.hydra.overrides.hydra)
 
 
 def _check_resume(config: DictConfig, run_dir: Path) -> None:
@@ -147,12 +142,7 @@ class CheckRunDir(Callback):
         validate_config(config)
         run_dir = Path(str(config.hydra.run.dir)).absolute()
         _check_resume(config, run_dir)
-        key, value = (
-            ("hydra.run.dir", run_dir)
-            if _typed(config, "hydra.run.dir")
-            else ("paths.log_dir", config.paths.log_dir)
-        )
-        _check_creatable(run_dir, key=key, value=value, what="the run directory")
+        _check_creatable(config, run_dir, key="hydra.run.dir", what="the run directory")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
@@ -161,14 +151,7 @@ class CheckRunDir(Callback):
         validate_sweep(config, jobs, what="sweep job", nothing="no job was started")
         with user_error_exits():
             sweep_dir = check("hydra.sweep.dir", config.hydra.sweep.dir, path())  # '' writes to .
-            key, value = (
-                ("hydra.sweep.dir", sweep_dir)
-                if _typed(config, "hydra.sweep.dir")
-                else ("paths.log_dir", config.paths.log_dir)
-            )
-            _check_creatable(
-                Path(sweep_dir).absolute(), key=key, value=value, what="the sweep directory"
-            )
+            _check_creatable(config, sweep_dir, key="hydra.sweep.dir", what="the sweep directory")
 
 
 #: ``hydra.sweeper._target_`` of Hydra's own sweeper (``-m key=a,b``)
