@@ -44,16 +44,13 @@ def _prepare_argv() -> None:
     """Hydra's composition errors as our one ``error:`` line, exit 2; ``logger=null`` as no logger."""
     from pathlib import Path
 
-    from vae.errors import UserError
+    from vae.train.boundary import user_error_exits
     from vae.train.cli import prepare_overrides
 
-    try:
+    with user_error_exits():
         sys.argv[1:] = prepare_overrides(
             sys.argv[1:], config_dir=Path(__file__).parent / "configs", config_name="train"
         )
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

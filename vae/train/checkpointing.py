@@ -56,9 +56,8 @@ _ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.
 #: data-module arguments a resumed run must share with its checkpoint: they define the split
 SPLIT_KEYS = ("dataset", "seed", "val_size")
 #: the sections of ``hyper_parameters`` (VAEModule's arguments) → their typed definitions; the
-#: fourth argument is ``image_shape``, (1, 28, 28) when absent
+#: fourth argument is ``image_shape``
 _HPARAM_SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "evaluation": EvalConfig}
-_IMAGE_SHAPE = (1, 28, 28)
 #: the end of check_resumable's message for a mismatch in each section: why it matters, the fix
 _RESUME_FIX = {
     "model": "; resume with the same model settings (the run's config.yaml has them)",

@@ -35,10 +35,6 @@ _PLAIN_FLAGS = ("-m", "--multirun", "--resolve")
 _VALUE_FLAGS = ("-c", "--cfg", "-p", "--package", "--info")
 
 
-def _groups(config_dir: Path) -> set[str]:
-    return {p.name for p in config_dir.iterdir() if p.is_dir()}
-
-
 def _null_groups(argv: Sequence[str], groups: set[str]) -> list[str]:
     """``<group>=null`` → ``~<group>`` (drop the group's default), for each config group."""
     out = []
@@ -68,8 +64,6 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """The override lists of a sweep's jobs, as Hydra's basic sweeper expands them (public API
     only): the product of each key's values, a later override of a key replacing an earlier one.
     A sweep over an interval has no list of jobs: none (its sweeper reports what it cannot run)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     values: dict[str, list[str]] = {}
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.get_key_element()
@@ -168,7 +162,7 @@ def _check(overrides: list[str], config_name: str) -> DictConfig | None:
 def prepare_overrides(argv: Sequence[str], *, config_dir: Path, config_name: str) -> list[str]:
     """``argv`` with ``<group>=null`` read as ``~<group>``, after composing the config it asks
     for; a refusal is a :class:`ConfigError` whose message is the one line to print."""
-    argv = _null_groups(argv, _groups(config_dir))
+    argv = _null_groups(argv, {p.name for p in config_dir.iterdir() if p.is_dir()})
     overrides = _overrides(argv)
     if overrides is None:
         return argv

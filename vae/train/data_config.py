@@ -12,14 +12,7 @@ from typing import Any
 from vae.core.config import _field
 from vae.rules import Rule, boolean, int_at_least, int_in, one_of, optional, path
 
-__all__ = [
-    "BINARIZE_MODES",
-    "DATASETS",
-    "DATA_RULES",
-    "IDX_DATASETS",
-    "MIN_SIDE",
-    "DataConfig",
-]
+__all__ = ["BINARIZE_MODES", "DATASETS", "DATA_RULES", "IDX_DATASETS", "MIN_SIDE", "DataConfig"]
 
 #: the sources read from IDX files (:mod:`vae.train.idx`)
 IDX_DATASETS = ("mnist", "fashion_mnist")

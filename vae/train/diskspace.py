@@ -12,9 +12,10 @@ A write can run out of space (``ENOSPC``, or ``EDQUOT`` for a quota) wherever a 
   Lightning's ``TensorBoardLogger.log_metrics`` wraps it in a ``ValueError``) or at ``finalize``;
 - figures, the projector files, ``metrics.json``: plain ``OSError``.
 
-:func:`disk_full_is_one_line` turns all of these into one :class:`~vae.errors.DiskFullError`: any
-exception whose cause/context chain holds a ``DiskFullError`` or a disk-full ``OSError``, and it
-silences the TensorBoard writer thread's copy of the error (the main thread reports it).
+:func:`vae.train.boundary.error_line` turns all of these into one :class:`~vae.errors.DiskFullError`:
+any exception whose cause/context chain holds a ``DiskFullError`` or a disk-full ``OSError``
+(:func:`disk_full_in_chain`), and :func:`quiet_tensorboard` silences the TensorBoard writer
+thread's copy of the error (the main thread reports it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vae.errors import DiskFullError
@@ -97,49 +98,25 @@ def disk_full_error(
 
 
 @contextlib.contextmanager
-def disk_full_is_one_line(
-    directory: str | os.PathLike[str], *, what: str, kept: str, fix: str
-) -> Iterator[None]:
-    """Within the block, an exception caused by a full disk becomes one :class:`DiskFullError`.
-
-    The one already raised by a writer that knew the file and size (a checkpoint) is kept as it is;
-    any other (TensorBoard, figures, JSON) is reported against the ``OSError``'s file name, else
-    ``directory`` (where the command writes), with ``what``, ``kept`` and ``fix`` as in
-    :func:`disk_full_error`. Other exceptions pass through unchanged.
-    """
+def quiet_tensorboard(reported: Callable[[BaseException | None], bool]) -> Iterator[None]:
+    """Within the block, TensorBoard's event-writer thread prints no traceback for an exception
+    that ``reported`` says the main thread reports (the writer keeps it and the main thread raises
+    it again at the next write: the thread's traceback would come before the one line)."""
     previous = threading.excepthook
 
-    def quiet_tensorboard_writer(args: threading.ExceptHookArgs) -> None:
-        # tensorboard's writer thread keeps its exception and the main thread raises it again
-        # at the next write: printing it here too would add a thread traceback to the one line
-        thread_module = type(args.thread).__module__ if args.thread is not None else ""
-        if thread_module == _TENSORBOARD_WRITER and args.exc_value and is_disk_full(args.exc_value):
-            return
-        previous(args)
+    def quiet(args: threading.ExceptHookArgs) -> None:
+        module = type(args.thread).__module__ if args.thread is not None else ""
+        if module != _TENSORBOARD_WRITER or not reported(args.exc_value):
+            previous(args)
 
-    threading.excepthook = quiet_tensorboard_writer
+    threading.excepthook = quiet
     try:
         yield
-    except DiskFullError:
-        raise
-    except Exception as err:
-        found = _disk_full_in_chain(err)
-        if found is None:
-            raise
-        if isinstance(found, DiskFullError):
-            raise found from None
-        raise disk_full_error(
-            found.filename or directory,
-            reason=found.strerror or str(found),
-            what=what,
-            kept=kept,
-            fix=fix,
-        ) from None
     finally:
         threading.excepthook = previous
 
 
-def _disk_full_in_chain(err: BaseException) -> BaseException | None:
+def disk_full_in_chain(err: BaseException) -> BaseException | None:
     """The first DiskFullError in ``err``'s cause/context chain, else the first disk-full OSError."""
     chain: dict[int, BaseException] = {}  # by id, in the order visited
     stack = [err]

@@ -50,14 +50,7 @@ from vae.train.data_config import MIN_SIDE
 from vae.train.files import atomic_file, write_atomic
 from vae.train.idx import TRAIN_HINTS
 
-__all__ = [
-    "GREY_MODES",
-    "IMAGE_SUFFIXES",
-    "MIN_SIDE",
-    "FolderImages",
-    "load_folder",
-    "scan_folder",
-]
+__all__ = ["GREY_MODES", "IMAGE_SUFFIXES", "MIN_SIDE", "FolderImages", "load_folder", "scan_folder"]
 
 #: file name endings read as images (case-insensitive); any other visible file is an error
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")

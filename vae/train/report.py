@@ -50,12 +50,7 @@ CURATED_KEYS: tuple[str, ...] = (
 HPARAMS_PLUGIN_KEYS: tuple[str, ...] = ("data.dataset", "model.architecture", "model.latent_dim")
 
 #: the metric columns of the HParams table: scalar tags the module logs (last value shown)
-HPARAM_METRICS: tuple[str, ...] = (
-    "test/loss",
-    "test/nll_iw",
-    "test/active_units",
-    "val/loss",
-)
+HPARAM_METRICS: tuple[str, ...] = ("test/loss", "test/nll_iw", "test/active_units", "val/loss")
 
 
 def _hparam_value(value: Any) -> str | None:

@@ -25,24 +25,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, Progr
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import (
-    GrammarParseError,
-    InterpolationResolutionError,
-    MissingMandatoryValue,
-)
-from omegaconf.errors import ValidationError as OmegaConfValidationError
 
 from vae.errors import ConfigError, RunInterrupted, UserError
 from vae.rules import check, path
-from vae.train.checkpointing import (
-    AtomicCheckpointIO,
-    check_resumable,
-    remove_stale_temp_files,
-)
+from vae.train.boundary import Writes, user_error_exits
+from vae.train.checkpointing import AtomicCheckpointIO, check_resumable, remove_stale_temp_files
 from vae.train.cli import sweep_jobs
 from vae.train.config import validate_config
 from vae.train.data import data_config
-from vae.train.diskspace import disk_full_is_one_line
 from vae.train.environment import auto_precision
 from vae.train.files import FILE_MODE, read_own, write_atomic
 from vae.train.module import VAEModule
@@ -87,38 +77,14 @@ def _build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
         raise
 
 
-#: what OmegaConf raises for a value the user wrote (an interpolation that does not resolve, a
-#: ``???`` left unset, a value of the wrong type for its node): the user's to fix, not a bug
-_USER_CONFIG_ERRORS = (
-    InterpolationResolutionError,
-    MissingMandatoryValue,
-    OmegaConfValidationError,
-    GrammarParseError,
-)
-
-
-@contextlib.contextmanager
-def user_error_exits(context: str = "") -> Iterator[None]:
-    """The error boundary of a command: in the block (or the decorated function) a
-    :class:`UserError`, a value OmegaConf or Lightning refuses (:data:`_USER_CONFIG_ERRORS`,
-    ``MisconfigurationException``) becomes one ``error: <context><message>`` line on stderr and
-    exit 2. Anything else is a bug and keeps its traceback."""
-    try:
-        yield
-    except UserError as err:
-        print(f"error: {context}{err}", file=sys.stderr)
-        sys.exit(2)
-    except (*_USER_CONFIG_ERRORS, MisconfigurationException) as err:
-        key = getattr(err, "full_key", None)
-        where = f"{key}: " if key else ""
-        reason = " ".join(str(err).splitlines()[0].split()) if str(err) else type(err).__name__
-        print(f"error: {context}{where}{reason}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _check_creatable(directory: Path, *, key: str, value: Any, what: str) -> None:
-    """Create ``directory`` now (Hydra would next), or a :class:`ConfigError` naming ``key``: the
-    one test the OS cannot fool (``os.access`` says a folder under ``/proc`` is writable)."""
+def _check_creatable(config: DictConfig, directory: Any, *, key: str, what: str) -> None:
+    """Create ``directory`` now (Hydra would next), or a :class:`ConfigError` naming ``key`` if the
+    user typed it, else ``paths.log_dir`` (the key its default derives from): the one test the OS
+    cannot fool (``os.access`` says a folder under ``/proc`` is writable)."""
+    value = directory
+    if not any(o.startswith(f"{key}=") for o in config.hydra.overrides.hydra):  # not typed
+        key, value = "paths.log_dir", config.paths.log_dir
+    directory = Path(directory).absolute()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -130,12 +96,6 @@ def _check_creatable(directory: Path, *, key: str, value: Any, what: str) -> Non
             f"{key}={str(value)!r}: cannot create {what} there ({reason}); choose another "
             f"location with {key}=<dir>"
         ) from None
-
-
-def _typed(config: DictConfig, key: str) -> bool:
-    """Whether the user typed ``key=...`` (a Hydra override), so a message names it rather than
-    ``paths.log_dir``, the key its default derives from."""
-    return any(o.startswith(f"{key}=") for o in config.hydra.overrides.hydra)
 
 
 def _check_resume(config: DictConfig, run_dir: Path) -> None:
@@ -182,12 +142,7 @@ class CheckRunDir(Callback):
         validate_config(config)
         run_dir = Path(str(config.hydra.run.dir)).absolute()
         _check_resume(config, run_dir)
-        key, value = (
-            ("hydra.run.dir", run_dir)
-            if _typed(config, "hydra.run.dir")
-            else ("paths.log_dir", config.paths.log_dir)
-        )
-        _check_creatable(run_dir, key=key, value=value, what="the run directory")
+        _check_creatable(config, run_dir, key="hydra.run.dir", what="the run directory")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
@@ -196,14 +151,7 @@ class CheckRunDir(Callback):
         validate_sweep(config, jobs, what="sweep job", nothing="no job was started")
         with user_error_exits():
             sweep_dir = check("hydra.sweep.dir", config.hydra.sweep.dir, path())  # '' writes to .
-            key, value = (
-                ("hydra.sweep.dir", sweep_dir)
-                if _typed(config, "hydra.sweep.dir")
-                else ("paths.log_dir", config.paths.log_dir)
-            )
-            _check_creatable(
-                Path(sweep_dir).absolute(), key=key, value=value, what="the sweep directory"
-            )
+            _check_creatable(config, sweep_dir, key="hydra.sweep.dir", what="the sweep directory")
 
 
 #: ``hydra.sweeper._target_`` of Hydra's own sweeper (``-m key=a,b``)
@@ -464,19 +412,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return metrics
 
 
-@user_error_exits()
 def run_cli(cfg: DictConfig) -> float | None:
-    """Run :func:`train` for the command line: a user error becomes one line on stderr and exit 2."""
+    """Run :func:`train` for the command line, inside the error boundary
+    (:func:`~vae.train.boundary.user_error_exits`): a user error, a full disk or a run directory
+    deleted mid-run becomes one line on stderr and exit 2."""
+    with user_error_exits():  # the value itself may be refused (an interpolation that fails)
+        output_dir = cfg.paths.output_dir
+    writes = Writes(
+        output_dir,
+        what="the run's files (TensorBoard events, figures, metrics.json)",
+        kept="the checkpoints already written are intact",
+        fix="or write the run elsewhere with paths.log_dir=<dir>",
+    )
     try:
-        with (
-            run_dir_gone_is_one_line(cfg.paths.output_dir),
-            disk_full_is_one_line(
-                cfg.paths.output_dir,
-                what="the run's files (TensorBoard events, figures, metrics.json)",
-                kept="the checkpoints already written are intact",
-                fix="or write the run elsewhere with paths.log_dir=<dir>",
-            ),
-        ):
+        with user_error_exits(writes=writes), run_dir_gone_is_one_line(output_dir):
             metrics = train(cfg)
     except RunInterrupted as stop:
         if rank_zero_only.rank == 0:

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from vae.errors import RunDirectoryGone
-
-#: the module of TensorBoard's event-writer thread (it raises there first, then in the main thread)
-_TENSORBOARD_WRITER = "tensorboard.summary.writer.event_file_writer"
+from vae.train.diskspace import quiet_tensorboard
 
 
 def _identity(directory: Path) -> tuple[int, int] | None:
@@ -43,17 +40,9 @@ def run_dir_gone_is_one_line(directory: str | os.PathLike[str]) -> Iterator[None
     def gone() -> bool:
         return _identity(path) != started
 
-    previous = threading.excepthook
-
-    def quiet_tensorboard_writer(args: threading.ExceptHookArgs) -> None:
-        module = type(args.thread).__module__ if args.thread is not None else ""
-        if module == _TENSORBOARD_WRITER and gone():
-            return
-        previous(args)
-
-    threading.excepthook = quiet_tensorboard_writer
     try:
-        yield
+        with quiet_tensorboard(lambda _: gone()):
+            yield
     except Exception as err:
         if not gone():
             raise
@@ -63,5 +52,3 @@ def run_dir_gone_is_one_line(directory: str | os.PathLike[str]) -> Iterator[None
             f"{type(err).__name__}: {' '.join(str(err).split())[:200]}); what it held is lost: "
             "start a new run, or resume from a copy of its checkpoints with ckpt_path=<file>"
         ) from None
-    finally:
-        threading.excepthook = previous

@@ -44,9 +44,10 @@ import torch
 from torch import Tensor, nn
 
 from vae.core.networks import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from vae.errors import ConfigError, ExplorerError, UserError
+from vae.errors import ConfigError, ExplorerError
 from vae.kl import gaussian_kl_per_dim
 from vae.rules import positive_int_arg
+from vae.train.boundary import error_line
 from vae.train.checkpointing import load_checkpoint
 from vae.train.data import ImageDataModule
 from vae.train.environment import format_environment
@@ -637,8 +638,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.serve:  # listening before the page is built: a port in use writes nothing
                 server = stack.enter_context(open_server(host=args.host, port=args.port))
             out = _write_explorer(args)
-        except (UserError, FileNotFoundError, OSError) as err:
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:  # the error boundary (vae.train.boundary), returning the status
+            if (line := error_line(err, also=(OSError,))) is None:
+                raise
+            print(line, file=sys.stderr)
             return 2
         print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
         if server is not None:

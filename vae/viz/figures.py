@@ -47,11 +47,11 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from vae.errors import CheckpointError, ConfigError, UserError
+from vae.errors import CheckpointError, ConfigError
 from vae.rules import int_at_least, one_of, optional, positive_int_arg
+from vae.train.boundary import Writes, error_line
 from vae.train.checkpointing import load_checkpoint
 from vae.train.data import DataHints, ImageDataModule
-from vae.train.diskspace import disk_full_is_one_line
 from vae.train.environment import format_environment
 from vae.train.files import atomic_file, read_own, write_atomic
 from vae.train.module import VAEModule
@@ -488,6 +488,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    writes = None  # a full disk is the figures' only once they are being written
     try:
         device = _check_device(args.device)
         ckpt = _resolve_checkpoint(args.target)
@@ -507,15 +508,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures = render_figures(
             module, dm.to_float(ds.images), ds.labels, class_names=dm.class_names, options=options
         )
-        with disk_full_is_one_line(
+        writes = Writes(
             out,
             what="the figures",
             kept="the checkpoint is intact",
             fix="or choose another folder with --out DIR",
-        ):
-            paths = write_pngs(to_images(figures), out)
-    except (UserError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        )
+        paths = write_pngs(to_images(figures), out)
+    except Exception as err:  # the error boundary (vae.train.boundary), returning the status
+        if (line := error_line(err, writes=writes, also=(FileNotFoundError,))) is None:
+            raise
+        print(line, file=sys.stderr)
         return 2
     print(*paths, sep="\n")
     env = run_environment(run_dir_of(ckpt))
