@@ -424,8 +424,7 @@ def manifold_latents(
     b = torch.eye(2, dtype=f64) if basis is None else _as_tensor(basis).to(f64)
     c = torch.zeros(latent_dim, dtype=f64) if center is None else _as_tensor(center).to(f64)
     s = torch.ones(2, dtype=f64) if scale is None else _as_tensor(scale).to(f64)
-    if s.ndim == 0:
-        s = s.expand(2)
+    s = s.expand(2) if s.ndim == 0 else s
     if b.shape != (2, latent_dim):
         raise ValueError(f"basis must have shape (2, {latent_dim}), got {tuple(b.shape)}")
     if c.shape != (latent_dim,):
@@ -455,8 +454,7 @@ def manifold(
     the PCA plane and the scaling by the posterior means' std. :func:`manifold_figure` adds axes.
     """
     z = manifold_latents(n, latent_dim=latent_dim, basis=basis, center=center, scale=scale, eps=eps)
-    images = decode_batched(decode, z, batch_size=batch_size, device=device)
-    return _grid(images, nrow=n)
+    return _grid(decode_batched(decode, z, batch_size=batch_size, device=device), nrow=n)
 
 
 def manifold_figure(
