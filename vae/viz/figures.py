@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
@@ -291,11 +292,9 @@ def write_projector(
         )
     folder = Path(log_dir) / f"{step:05d}/{tag}"
     folder.mkdir(parents=True, exist_ok=True)
-    if embeddings.shape[1] < PROJECTOR_MIN_DIMS:
-        # TensorBoard's PCA always computes three components; for a 2-D (or 1-D) embedding the
-        # missing ones come out NaN and no point is drawn. Zero columns give them zero variance.
-        pad = embeddings.new_zeros(n, PROJECTOR_MIN_DIMS - embeddings.shape[1])
-        embeddings = torch.cat([embeddings, pad], dim=1)
+    # TensorBoard's PCA always computes three components; for a 2-D (or 1-D) embedding the
+    # missing ones come out NaN and no point is drawn. Zero columns give them zero variance.
+    embeddings = F.pad(embeddings, (0, max(PROJECTOR_MIN_DIMS - embeddings.shape[1], 0)))
     rows = ("\t".join(f"{v:.7g}" for v in row) for row in embeddings.tolist())
     write_atomic(folder / "tensors.tsv", "\n".join(rows) + "\n")
     write_atomic(folder / "metadata.tsv", "\n".join(labels) + "\n")
