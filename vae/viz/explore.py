@@ -266,21 +266,19 @@ def projection_payload(mu: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, An
         points = torch.stack([mu[:, 0], labels.float() + 0.6 * jitter], dim=1)  # (N, 2)
         basis, center = torch.tensor([[1.0], [0.0]]), torch.zeros(1)
         axis, text = ["z₁", "class (jittered)"], "z₁ against the class"
-    elif d == 2:
+    else:  # the latent plane, or for d > 2 the PCA plane
         points, basis, center, _, _ = visualize._project(mu, "pca")
         axis, text = ["z₁", "z₂"], "the latent plane (z₁, z₂)"
-    else:
-        points, basis, center, _, _ = visualize._project(mu, "pca")
+    if d > 2:
         ratio = plots.pca_2d(mu).explained_variance_ratio.tolist()
         axis = [f"PC{_sub(k + 1)} ({100 * r:.0f} % of the variance)" for k, r in enumerate(ratio)]
         text = f"PCA plane of the {d}-D means (other directions at their mean)"
-    info = {
+    return points.float(), {
         "basis": basis.double().tolist(),
         "center": center.double().tolist(),
         "axis_labels": axis,
         "description": text,
     }
-    return points.float(), info
 
 
 def points_payload(
@@ -551,10 +549,9 @@ def serve(path: Path, server: http.server.ThreadingHTTPServer) -> None:
     (:func:`open_server`); print its address and block until interrupted (Ctrl-C, SIGTERM)."""
     path = Path(path)
     name = quote(path.name)
-    handler = type(
+    server.RequestHandlerClass = type(
         "PageHandler", (_PageHandler,), {"page_path": f"/{name}", "body": path.read_bytes()}
     )
-    server.RequestHandlerClass = handler
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in str(host) else host
     print(f"serving http://{shown}:{port}/{name} (Ctrl-C to stop)", flush=True)
@@ -603,20 +600,18 @@ def _write_explorer(args: argparse.Namespace) -> Path:
     if note := dm.changed_since_training():
         print(note, file=sys.stderr)
     ds = dm.test_dataset
-    html = render_html(
-        page_payload(
-            module,
-            images=dm.to_float(ds.images),
-            labels=ds.labels,
-            class_names=dm.class_names,
-            metrics=metrics,
-            config=config_summary(module, hparams, environment=visualize.run_environment(run_dir)),
-            precision=args.precision,
-            max_points=args.max_points,
-            option="--precision {}",
-        )
+    payload = page_payload(
+        module,
+        images=dm.to_float(ds.images),
+        labels=ds.labels,
+        class_names=dm.class_names,
+        metrics=metrics,
+        config=config_summary(module, hparams, environment=visualize.run_environment(run_dir)),
+        precision=args.precision,
+        max_points=args.max_points,
+        option="--precision {}",
     )
-    return write_page(args.out or run_dir / FILENAME, html)
+    return write_page(args.out or run_dir / FILENAME, render_html(payload))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
