@@ -142,11 +142,8 @@ def _interpolation_ends(
     firsts = [int((labels == k).nonzero()[0]) for k in range(num_classes) if (labels == k).any()]
     starts = torch.tensor(firsts) if firsts else torch.arange(min(10, mu.shape[0]))
     ends = torch.roll(starts, -1)
-    if firsts:
-        names = [class_names[int(labels[i])] for i in starts]
-        paths = [f"{a} → {b}" for a, b in zip(names, names[1:] + names[:1], strict=True)]
-    else:
-        paths = [f"#{int(a)} → #{int(b)}" for a, b in zip(starts, ends, strict=True)]
+    names = [class_names[int(labels[i])] if firsts else f"#{int(i)}" for i in starts]
+    paths = [f"{a} → {b}" for a, b in zip(names, names[1:] + names[:1], strict=True)]
     return mu[starts], mu[ends], paths
 
 
