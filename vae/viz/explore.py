@@ -31,7 +31,6 @@ import hashlib
 import http.server
 import ipaddress
 import json
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -323,7 +322,7 @@ def points_payload(
 # ---- the page ------------------------------------------------------------------------------------
 def _format(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.2f}" if math.isfinite(v) else str(v)
+        return f"{v:.2f}"  # also "inf", "-inf", "nan"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(map(str, v)) + "]"
     return str(v)
