@@ -125,9 +125,8 @@ class LatentVisualizer(L.Callback):
     # ---- hooks -----------------------------------------------------------------------------------
     #: every_n_epochs="auto": the largest share of the fit's wall time spent drawing figures
     AUTO_SHARE: ClassVar[float] = 0.05
-    _clock = staticmethod(
-        time.perf_counter
-    )  # seconds; a test gives the callback a clock of its own
+    #: seconds; a test gives the callback a clock of its own
+    _clock = staticmethod(time.perf_counter)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._logged_step = None
@@ -248,19 +247,16 @@ class ExplorerWriter(L.Callback):
             payload = self._cache[1]  # same weights as the last page (fit end → test end)
             payload["metrics"] = explore.metric_rows(metrics)
         else:
+            environment = collect_environment(
+                device=trainer.strategy.root_device, precision=str(trainer.precision)
+            )
             payload = explore.page_payload(
                 module,
                 images=dm.to_float(ds.images),
                 labels=ds.labels,
                 class_names=tuple(dm.class_names),
                 metrics=metrics,
-                config=explore.config_summary(
-                    module,
-                    dict(dm.hparams),
-                    environment=collect_environment(
-                        device=trainer.strategy.root_device, precision=str(trainer.precision)
-                    ),
-                ),
+                config=explore.config_summary(module, dict(dm.hparams), environment=environment),
                 precision=self.precision,
                 max_points=self.max_points,
                 option="callbacks.explorer.precision={}",

@@ -31,7 +31,6 @@ import hashlib
 import http.server
 import ipaddress
 import json
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -97,26 +96,25 @@ def _pair(v: int | Sequence[int]) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
 
 
+def _weights(layer: nn.Module, name: str, blob: _Blob) -> dict[str, str]:
+    """The ``weight`` and ``bias`` of ``layer`` into ``blob``: the op's entries naming them."""
+    return {k: blob.add(f"{name}.{k}", getattr(layer, k)) for k in ("weight", "bias")}
+
+
 def _layer_op(layer: nn.Module, name: str, blob: _Blob, x: Tensor) -> dict[str, Any]:
     """One layer → its op (weights into ``blob``); ``x`` is its input ``(1, …)``, for the shapes."""
     kind = type(layer).__name__
     if isinstance(layer, nn.Linear):
         return {
             "op": "linear",
-            "weight": blob.add(f"{name}.weight", layer.weight),
-            "bias": blob.add(f"{name}.bias", layer.bias),
+            **_weights(layer, name, blob),
             "in": layer.in_features,
             "out": layer.out_features,
         }
     if isinstance(layer, nn.LayerNorm):
         if len(layer.normalized_shape) != 1 or not layer.elementwise_affine or layer.bias is None:
             raise ExplorerError(f"{name}: only a 1-D affine LayerNorm is supported")
-        return {
-            "op": "layernorm",
-            "weight": blob.add(f"{name}.weight", layer.weight),
-            "bias": blob.add(f"{name}.bias", layer.bias),
-            "eps": float(layer.eps),
-        }
+        return {"op": "layernorm", **_weights(layer, name, blob), "eps": float(layer.eps)}
     if kind in _ACTIVATION_NAMES:
         op: dict[str, Any] = {"op": "act", "fn": _ACTIVATION_NAMES[kind]}
         if isinstance(layer, nn.GELU) and layer.approximate != "none":
@@ -132,8 +130,7 @@ def _layer_op(layer: nn.Module, name: str, blob: _Blob, x: Tensor) -> dict[str, 
         out = layer(x)  # (_ops runs without grad)
         return {
             "op": "conv2d" if isinstance(layer, nn.Conv2d) else "conv_transpose2d",
-            "weight": blob.add(f"{name}.weight", layer.weight),
-            "bias": blob.add(f"{name}.bias", layer.bias),
+            **_weights(layer, name, blob),
             "in_shape": list(x.shape[1:]),
             "out_shape": list(out.shape[1:]),
             "kernel": _pair(layer.kernel_size),
@@ -269,21 +266,19 @@ def projection_payload(mu: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, An
         points = torch.stack([mu[:, 0], labels.float() + 0.6 * jitter], dim=1)  # (N, 2)
         basis, center = torch.tensor([[1.0], [0.0]]), torch.zeros(1)
         axis, text = ["z₁", "class (jittered)"], "z₁ against the class"
-    elif d == 2:
+    else:  # the latent plane, or for d > 2 the PCA plane
         points, basis, center, _, _ = visualize._project(mu, "pca")
         axis, text = ["z₁", "z₂"], "the latent plane (z₁, z₂)"
-    else:
-        points, basis, center, _, _ = visualize._project(mu, "pca")
+    if d > 2:
         ratio = plots.pca_2d(mu).explained_variance_ratio.tolist()
         axis = [f"PC{_sub(k + 1)} ({100 * r:.0f} % of the variance)" for k, r in enumerate(ratio)]
         text = f"PCA plane of the {d}-D means (other directions at their mean)"
-    info = {
+    return points.float(), {
         "basis": basis.double().tolist(),
         "center": center.double().tolist(),
         "axis_labels": axis,
         "description": text,
     }
-    return points.float(), info
 
 
 def points_payload(
@@ -309,9 +304,7 @@ def points_payload(
     kl = gaussian_kl_per_dim(mu, logvar).sum(dim=-1)  # (N, d) -> (N,)
     xy, projection = projection_payload(mu, labels)
     total = images.shape[0]
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
-    if max_points is not None:
-        order = order[:max_points]
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_points]
     points = {
         "n": int(order.numel()),
         "total": int(total),
@@ -330,7 +323,7 @@ def points_payload(
 # ---- the page ------------------------------------------------------------------------------------
 def _format(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.2f}" if math.isfinite(v) else str(v)
+        return f"{v:.2f}"  # also "inf", "-inf", "nan"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(map(str, v)) + "]"
     return str(v)
@@ -505,12 +498,7 @@ class _PageHandler(http.server.BaseHTTPRequestHandler):
     body = b""
 
     def do_GET(self) -> None:
-        self._answer(with_body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(with_body=False)
-
-    def _answer(self, *, with_body: bool) -> None:
+        """The page (``HEAD``: its headers only) or 404."""
         # the raw request path, compared as typed: %-encodings, "..", "//" or a query never match
         if self.path != self.page_path:
             self.send_error(404, "only the explorer page is served here")
@@ -520,8 +508,10 @@ class _PageHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(self.body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        if with_body:
+        if self.command == "GET":
             self.wfile.write(self.body)
+
+    do_HEAD = do_GET
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
@@ -549,12 +539,9 @@ def open_server(*, host: str = LOOPBACK, port: int = 0) -> http.server.Threading
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: only "localhost" is known to stay on this machine
-        return False
+    with contextlib.suppress(ValueError):  # a host name: only "localhost" stays on this machine
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    return False
 
 
 def serve(path: Path, server: http.server.ThreadingHTTPServer) -> None:
@@ -562,10 +549,9 @@ def serve(path: Path, server: http.server.ThreadingHTTPServer) -> None:
     (:func:`open_server`); print its address and block until interrupted (Ctrl-C, SIGTERM)."""
     path = Path(path)
     name = quote(path.name)
-    handler = type(
+    server.RequestHandlerClass = type(
         "PageHandler", (_PageHandler,), {"page_path": f"/{name}", "body": path.read_bytes()}
     )
-    server.RequestHandlerClass = handler
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in str(host) else host
     print(f"serving http://{shown}:{port}/{name} (Ctrl-C to stop)", flush=True)
@@ -614,20 +600,18 @@ def _write_explorer(args: argparse.Namespace) -> Path:
     if note := dm.changed_since_training():
         print(note, file=sys.stderr)
     ds = dm.test_dataset
-    html = render_html(
-        page_payload(
-            module,
-            images=dm.to_float(ds.images),
-            labels=ds.labels,
-            class_names=dm.class_names,
-            metrics=metrics,
-            config=config_summary(module, hparams, environment=visualize.run_environment(run_dir)),
-            precision=args.precision,
-            max_points=args.max_points,
-            option="--precision {}",
-        )
+    payload = page_payload(
+        module,
+        images=dm.to_float(ds.images),
+        labels=ds.labels,
+        class_names=dm.class_names,
+        metrics=metrics,
+        config=config_summary(module, hparams, environment=visualize.run_environment(run_dir)),
+        precision=args.precision,
+        max_points=args.max_points,
+        option="--precision {}",
     )
-    return write_page(args.out or run_dir / FILENAME, html)
+    return write_page(args.out or run_dir / FILENAME, render_html(payload))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

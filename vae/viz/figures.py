@@ -42,13 +42,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
 from vae.errors import CheckpointError, ConfigError
-from vae.rules import int_at_least, one_of, optional, positive_int_arg
+from vae.rules import Rule, int_at_least, one_of, optional, positive_int_arg
 from vae.train.boundary import Writes, error_line
 from vae.train.checkpointing import load_checkpoint
 from vae.train.data import DataHints, ImageDataModule
@@ -62,38 +63,36 @@ FIGURES = ("latent_space", "manifold", "reconstructions", "samples", "interpolat
 PROJECTIONS = ("pca", "axes")
 
 
+def _field(default: Any, rule: Rule, *, help: str, **flag: Any) -> Any:
+    """A :class:`FigureOptions` field: its rule, its flag's help and argparse arguments (``flag``,
+    by default ``type=positive_int_arg``)."""
+    flag = flag or {"type": positive_int_arg}
+    return field(default=default, metadata={"rule": rule, "help": help, "flag": flag})
+
+
 @dataclass(frozen=True)
 class FigureOptions:
     """What :func:`render_figures` draws: declared once (defaults and rules), read by the callback
     (``callbacks.visualize.*``, whose YAML lists these defaults, checked by
     :func:`vae.train.config.validate_config`) and the command line's flags."""
 
-    grid_size: int = field(
-        default=20,
-        metadata={"rule": int_at_least(1), "help": "manifold.png is n × n decoded images"},
+    grid_size: int = _field(20, int_at_least(1), help="manifold.png is n × n decoded images")
+    max_points: int | None = _field(
+        None,
+        optional(int_at_least(1)),
+        help="test points in the scatter plot (default: every test image)",
     )
-    max_points: int | None = field(
-        default=None,
-        metadata={"rule": optional(int_at_least(1)), "help": "test points in the scatter plot "
-                  "(default: every test image)"},
-    )  # fmt: skip
-    n_samples: int = field(
-        default=64, metadata={"rule": int_at_least(1), "help": "images decoded from z ~ N(0, I)"}
+    n_samples: int = _field(64, int_at_least(1), help="images decoded from z ~ N(0, I)")
+    n_reconstructions: int = _field(32, int_at_least(1), help="test images and reconstructions")
+    interpolation_steps: int = _field(10, int_at_least(2), help="images per interpolation row")
+    projection: str = _field(
+        "pca",
+        one_of(PROJECTIONS),
+        help="latent_dim > 2: the plane shown, pca (first two principal axes) or axes (the first "
+        "two latent coordinates)",
+        choices=PROJECTIONS,
     )
-    n_reconstructions: int = field(
-        default=32, metadata={"rule": int_at_least(1), "help": "test images and reconstructions"}
-    )
-    interpolation_steps: int = field(
-        default=10, metadata={"rule": int_at_least(2), "help": "images per interpolation row"}
-    )
-    projection: str = field(
-        default="pca",
-        metadata={"rule": one_of(PROJECTIONS), "help": "latent_dim > 2: the plane shown, pca "
-                  "(first two principal axes) or axes (the first two latent coordinates)"},
-    )  # fmt: skip
-    seed: int = field(
-        default=0, metadata={"rule": int_at_least(0), "help": "seed of the samples and the picks"}
-    )
+    seed: int = _field(0, int_at_least(0), help="seed of the samples and the picks", type=int)
 
 
 @contextlib.contextmanager
@@ -143,11 +142,8 @@ def _interpolation_ends(
     firsts = [int((labels == k).nonzero()[0]) for k in range(num_classes) if (labels == k).any()]
     starts = torch.tensor(firsts) if firsts else torch.arange(min(10, mu.shape[0]))
     ends = torch.roll(starts, -1)
-    if firsts:
-        names = [class_names[int(labels[i])] for i in starts]
-        paths = [f"{a} → {b}" for a, b in zip(names, names[1:] + names[:1], strict=True)]
-    else:
-        paths = [f"#{int(a)} → #{int(b)}" for a, b in zip(starts, ends, strict=True)]
+    names = [class_names[int(labels[i])] if firsts else f"#{int(i)}" for i in starts]
+    paths = [f"{a} → {b}" for a, b in zip(names, names[1:] + names[:1], strict=True)]
     return mu[starts], mu[ends], paths
 
 
@@ -291,14 +287,11 @@ def write_projector(
         raise ValueError(
             f"need {n} labels and {n} uint8 images, got {len(labels)} and {images.shape}"
         )
-    sub = f"{step:05d}/{tag}"
-    folder = Path(log_dir) / sub
+    folder = Path(log_dir) / f"{step:05d}/{tag}"
     folder.mkdir(parents=True, exist_ok=True)
-    if embeddings.shape[1] < PROJECTOR_MIN_DIMS:
-        # TensorBoard's PCA always computes three components; for a 2-D (or 1-D) embedding the
-        # missing ones come out NaN and no point is drawn. Zero columns give them zero variance.
-        pad = embeddings.new_zeros(n, PROJECTOR_MIN_DIMS - embeddings.shape[1])
-        embeddings = torch.cat([embeddings, pad], dim=1)
+    # TensorBoard's PCA always computes three components; for a 2-D (or 1-D) embedding the
+    # missing ones come out NaN and no point is drawn. Zero columns give them zero variance.
+    embeddings = F.pad(embeddings, (0, max(PROJECTOR_MIN_DIMS - embeddings.shape[1], 0)))
     rows = ("\t".join(f"{v:.7g}" for v in row) for row in embeddings.tolist())
     write_atomic(folder / "tensors.tsv", "\n".join(rows) + "\n")
     write_atomic(folder / "metadata.tsv", "\n".join(labels) + "\n")
@@ -327,9 +320,8 @@ def _add_projector_entry(log_dir: Path, *, tag: str, step: int, image_hw: Sequen
         with contextlib.suppress(text_format.ParseError, UnicodeDecodeError):  # else rewritten
             text_format.Parse(earlier.decode("utf-8"), config)
     name = f"{tag}:{step:05d}"
-    kept = [e for e in config.embeddings if e.tensor_name != name]
-    del config.embeddings[:]
-    config.embeddings.extend(kept)
+    for replaced in [e for e in config.embeddings if e.tensor_name == name]:
+        config.embeddings.remove(replaced)
     entry = config.embeddings.add()
     entry.tensor_name = name
     entry.tensor_path = f"{sub}/tensors.tsv"
@@ -472,16 +464,9 @@ def _parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         shown = "" if f.default is None else f" (default: {f.default})"
         kwargs = {"default": f.default, "help": f.metadata["help"] + shown}
-        if f.name == "projection":
-            parser.add_argument(flag, choices=PROJECTIONS, **kwargs)
-        elif f.name == "seed":
-            parser.add_argument(flag, type=int, **kwargs)
-        else:
-            parser.add_argument(flag, type=positive_int_arg, **kwargs)
+        parser.add_argument(flag, **kwargs, **f.metadata["flag"])
     parser.add_argument(
-        "--device",
-        default="cpu",
-        help="where the model runs: cpu, cuda or mps (default: cpu)",
+        "--device", default="cpu", help="where the model runs: cpu, cuda or mps (default: cpu)"
     )
     return parser
 

@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from torch import Tensor
@@ -311,12 +312,7 @@ def _scatter_input(
 
 
 def _scatter_plane(
-    ax: Axes,
-    z: Tensor,
-    labels: Tensor,
-    *,
-    class_names: Sequence[str],
-    generator: torch.Generator,
+    ax: Axes, z: Tensor, labels: Tensor, *, class_names: Sequence[str], generator: torch.Generator
 ) -> tuple[Tensor, str]:
     """The plotted coordinates ``(N, 2)`` of :func:`latent_scatter` (d = 1: a jittered strip,
     d = 2: z, d > 2: the PCA plane) with ``ax``'s labels set, and the title's added line."""
@@ -428,8 +424,7 @@ def manifold_latents(
     b = torch.eye(2, dtype=f64) if basis is None else _as_tensor(basis).to(f64)
     c = torch.zeros(latent_dim, dtype=f64) if center is None else _as_tensor(center).to(f64)
     s = torch.ones(2, dtype=f64) if scale is None else _as_tensor(scale).to(f64)
-    if s.ndim == 0:
-        s = s.expand(2)
+    s = s.expand(2) if s.ndim == 0 else s
     if b.shape != (2, latent_dim):
         raise ValueError(f"basis must have shape (2, {latent_dim}), got {tuple(b.shape)}")
     if c.shape != (latent_dim,):
@@ -459,8 +454,7 @@ def manifold(
     the PCA plane and the scaling by the posterior means' std. :func:`manifold_figure` adds axes.
     """
     z = manifold_latents(n, latent_dim=latent_dim, basis=basis, center=center, scale=scale, eps=eps)
-    images = decode_batched(decode, z, batch_size=batch_size, device=device)
-    return _grid(images, nrow=n)
+    return _grid(decode_batched(decode, z, batch_size=batch_size, device=device), nrow=n)
 
 
 def manifold_figure(
@@ -503,14 +497,8 @@ def manifold_figure(
 
     fig = Figure(figsize=MANIFOLD_FIGSIZE, dpi=DPI)  # fixed layout, as for the scatter plot
     ax = fig.add_axes(MANIFOLD_AXES)
-    pixels = image.to(torch.float32).clamp(0, 1).permute(1, 2, 0).numpy()
-    ax.imshow(
-        pixels if pixels.shape[2] == 3 else pixels[:, :, 0],
-        cmap="gray",
-        vmin=0,
-        vmax=1,
-        interpolation="nearest",
-    )
+    pixels = image.to(torch.float32).clamp(0, 1).permute(1, 2, 0).squeeze(2)  # grey: (H, W)
+    ax.imshow(pixels.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks(x_centres, labels=[f"{coords[0, k, 0].item():.2f}" for k in idx], rotation=90)
     ax.set_yticks(y_centres, labels=[f"{coords[k, 0, 1].item():.2f}" for k in idx])
     ax.tick_params(labelsize=8)
@@ -610,9 +598,6 @@ class _GridLayout(NamedTuple):
 
 def _text_px(text: str, *, size: float) -> tuple[float, float]:
     """(width, height) in pixels of one line of ``text`` at ``size`` points, drawn at :data:`DPI`."""
-    from matplotlib.backends.backend_agg import RendererAgg
-    from matplotlib.font_manager import FontProperties
-
     width, height, _ = RendererAgg(1, 1, DPI).get_text_width_height_descent(
         text, FontProperties(size=size), ismath=False
     )
