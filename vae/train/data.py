@@ -167,8 +167,7 @@ def _as_int64_rows(images: torch.Tensor) -> torch.Tensor | None:
 
     Gathering a batch of 128 MNIST images then moves 12,544 elements instead of 100,352, below
     torch's threshold for splitting a CPU op across threads: on a busy CPU, a multi-threaded
-    100 KB copy stalls on its slowest thread (2-core VM at load 2.5: 3.8 s instead of 0.02 s per
-    epoch of gathers; benchmarks/README.md).
+    100 KB copy stalls on its slowest thread (measured in benchmarks/README.md).
     """
     if images.dtype != torch.uint8 or images.ndim < 2 or not images.is_contiguous():
         return None
@@ -235,7 +234,7 @@ class ResumableLoader(DataLoader):
         state = torch.get_rng_state()
         batches = super().__iter__()
         torch.set_rng_state(state)
-        for _ in range(done):  # uint8 gathers only: ~0.05 ms a batch
+        for _ in range(done):  # uint8 gathers only, no float conversion: cheap to skip
             next(batches)
         yield from batches
 
@@ -249,7 +248,8 @@ class ResumableLoader(DataLoader):
 def _bernoulli(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """1.0 with probability ``p``, else 0.0, elementwise: ``U < p`` with U ~ Uniform[0, 1).
 
-    The same distribution as ``torch.bernoulli(p)`` and the same RNG, about 4x faster on CPU.
+    The same distribution as ``torch.bernoulli(p)`` and the same RNG, faster on CPU
+    (benchmarks/README.md).
     """
     u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
     return u.lt_(p)

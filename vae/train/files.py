@@ -58,8 +58,8 @@ def atomic_file(
     """A binary file object whose content replaces ``path`` when the block ends without error.
 
     The parent folders are created. On any exception ``path`` is left as it was and the temporary
-    file removed. ``durable=False`` skips the two fsyncs (~7 ms a file): for many small files that
-    can be made again (a generated image folder), where a crash of the process still leaves no
+    file removed. ``durable=False`` skips the two fsyncs (benchmarks/README.md): for many small
+    files that can be made again (a generated image folder), where a crash of the process still leaves no
     cut file, and only a power cut may. A full disk is a :class:`~vae.errors.DiskFullError`
     naming ``path``: ``needed`` is the size being written when known (else the bytes written
     before the disk filled), ``what`` what it is (default: the file's name), ``kept`` what is
