@@ -272,3 +272,22 @@ def test_relative_paths_are_recorded_absolute(
     assert recorded.paths.log_dir == str(start / "logs")
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["datamodule_hyper_parameters"]["root"] == str(start / "data")
+
+
+def test_metrics_json_records_the_commit_the_run_started_from(
+    make_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit (or checkout) while the run trains changes the repository, not the code that ran:
+    metrics.json names the git state of the start. The state is asked once at the start and again
+    (as before the fix) at the end; the two answers differ here as a mid-run commit makes them."""
+    import vae.train.environment as environment
+    import vae.train.summary as summary
+
+    states = iter([{"commit": "start", "describe": "start", "dirty": False}])
+    end = {"commit": "end", "describe": "end", "dirty": False}
+    monkeypatch.setattr(summary, "git_state", lambda *a, **k: next(states, end))
+    monkeypatch.setattr(environment, "git_state", lambda *a, **k: end)
+    cfg = make_cfg()
+    train(cfg)
+    recorded = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert recorded["environment"]["git"]["commit"] == "start"

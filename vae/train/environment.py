@@ -78,6 +78,7 @@ def collect_environment(
     precision: str | None = None,
     argv: list[str] | None = None,
     repo_dir: Path = PACKAGE_PARENT,
+    git: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A plain, JSON-ready dict describing where a run on ``device`` at ``precision`` ran.
 
@@ -85,8 +86,8 @@ def collect_environment(
     when not installed), ``cuda`` and ``cudnn`` (the versions torch uses, None unless ``device`` is
     a CUDA device), ``device`` (e.g. ``"cpu"``, ``"cuda:0"``), ``device_name`` (GPU name, or CPU
     model), ``cpu`` (CPU model), ``threads`` (:func:`torch.get_num_threads`), ``precision``,
-    ``platform``, ``git`` (:func:`git_state` of ``repo_dir``) and ``command`` (``argv``, by
-    default ``sys.argv``).
+    ``platform``, ``git`` (``git``, a :func:`git_state` taken earlier, e.g. when the run started;
+    else :func:`git_state` of ``repo_dir`` now) and ``command`` (``argv``, by default ``sys.argv``).
     """
     device = torch.device(device)
     on_cuda = device.type == "cuda"
@@ -103,7 +104,7 @@ def collect_environment(
         "threads": torch.get_num_threads(),
         "precision": precision,
         "platform": platform.platform(),
-        "git": git_state(repo_dir),
+        "git": git if git is not None else git_state(repo_dir),
         "command": list(sys.argv if argv is None else argv),
     }
 

@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from vae.train.environment import collect_environment, environment_markdown
+from vae.train.environment import collect_environment, environment_markdown, git_state
 from vae.train.files import read_own, write_atomic
 from vae.train.report import UNITS, log_hparams, print_summary, written_figures
 
@@ -43,6 +43,9 @@ class RunSummary:
         self.output_dir = output_dir
         self.resumed_from = resumed_from
         self.seconds: dict[str, float | None] = {"fit": None, "test": None}
+        # the code that runs is the checkout's state now: a commit or checkout during the run
+        # must not be recorded as what trained the model
+        self.git = git_state()
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -64,7 +67,7 @@ class RunSummary:
             "test_seconds": self.seconds["test"],
             "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
             "environment": collect_environment(
-                device=trainer.strategy.root_device, precision=str(trainer.precision)
+                device=trainer.strategy.root_device, precision=str(trainer.precision), git=self.git
             ),
         }
         write_metrics(self.output_dir / "metrics.json", summary, resumed_from=self.resumed_from)
