@@ -170,7 +170,7 @@ def eval_noise(
     """
     cache = {} if cache is None else cache
     idx = index.cpu()
-    blocks = torch.div(idx, EVAL_NOISE_BLOCK, rounding_mode="floor")
+    blocks = idx // EVAL_NOISE_BLOCK
     out = torch.empty(len(idx), latent_dim)
     for block in blocks.unique().tolist():
         key = (split, block)
@@ -194,9 +194,7 @@ def iw_noise(index: Tensor, *, seed: int, latent_dim: int, start: int, stop: int
     samples × blocks, not images.
     """
     idx = index.cpu()
-    blocks, inverse = torch.div(idx, IW_NOISE_BLOCK, rounding_mode="floor").unique(
-        return_inverse=True
-    )
+    blocks, inverse = (idx // IW_NOISE_BLOCK).unique(return_inverse=True)  # floor: idx ≥ 0
     # row of each image in the blocks' draws stacked, (n_blocks · IW_NOISE_BLOCK, d)
     rows = inverse * IW_NOISE_BLOCK + idx % IW_NOISE_BLOCK  # (B,)
     out = torch.empty(stop - start, len(idx), latent_dim)
