@@ -159,28 +159,21 @@ class ConvDecoder(nn.Module):
         for _ in channels:
             sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
         self.start_shape = (channels[-1], *sizes[-1])
-        n_start = math.prod(self.start_shape)
-        self.body = mlp(
-            [latent_dim, *reversed(hidden_dims), n_start],
-            activation,
-            final_activation=True,
-            norm=norm,
-        )
+        widths = [latent_dim, *reversed(hidden_dims), math.prod(self.start_shape)]
+        self.body = mlp(widths, activation, final_activation=True, norm=norm)
         layers: list[nn.Module] = []
         rev = list(reversed(channels))
         for i, (c_in, c_out) in enumerate(zip(rev, [*rev[1:], c], strict=True)):
             target, current = sizes[len(channels) - 1 - i], sizes[len(channels) - i]
             # output_padding makes 7 -> 14 -> 28 exact (and 4 -> 7 for odd sizes)
             pad = (target[0] - (2 * current[0] - 1), target[1] - (2 * current[1] - 1))
-            layers.append(
-                nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)
-            )
-            layers.append(ACTIVATIONS[activation]())
+            deconv = nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)
+            layers += [deconv, ACTIVATIONS[activation]()]
         self.deconv = nn.Sequential(*layers[:-1])  # no activation after the output layer
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.body(z).unflatten(-1, self.start_shape)  # (B, C'hw) -> (B, C', h, w)
-        return self.deconv(h)
+        # (B, C'hw) -> (B, C', h, w) -> (B, C, H, W)
+        return self.deconv(self.body(z).unflatten(-1, self.start_shape))
 
     @torch.no_grad()
     def set_output_bias(self, out: Tensor) -> None:
@@ -239,24 +232,21 @@ class VAE(nn.Module):
 
 def build_vae(*, config: ModelConfig, image_shape: Sequence[int]) -> VAE:
     """Build the :class:`VAE` that ``config``'s network keys describe, for images ``(C, H, W)``."""
+    if config.architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"model.architecture={config.architecture!r} is not one of {ARCHITECTURES}"
+        )
+    conv = config.architecture == "conv"
     common = {
         "image_shape": tuple(image_shape),
         "hidden_dims": list(config.hidden_dims),
         "latent_dim": config.latent_dim,
         "activation": config.activation,
         "norm": config.norm,
+        **({"channels": list(config.channels)} if conv else {}),
     }
-    bound, channels = config.logvar_bound, list(config.channels)
-    if config.architecture == "mlp":
-        encoder = MLPEncoder(**common, logvar_bound=bound)
-        decoder = MLPDecoder(**common)
-    elif config.architecture == "conv":
-        encoder = ConvEncoder(**common, channels=channels, logvar_bound=bound)
-        decoder = ConvDecoder(**common, channels=channels)
-    else:
-        raise ValueError(
-            f"model.architecture={config.architecture!r} is not one of {ARCHITECTURES}"
-        )
+    encoder = (ConvEncoder if conv else MLPEncoder)(**common, logvar_bound=config.logvar_bound)
+    decoder = (ConvDecoder if conv else MLPDecoder)(**common)
     lik = build_likelihood(
         config.likelihood, gaussian_std=config.gaussian_std, learn_std=config.learn_std
     )

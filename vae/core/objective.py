@@ -53,7 +53,13 @@ def elbo_terms(vae: VAE, x: Tensor, *, eps: Tensor | None = None) -> dict[str, T
     z = vae.reparameterize(mu, logvar, eps=eps)  # (B, d)
     recon = vae.likelihood.nll(vae.decode(z), x)  # (B,)
     # validate=False: no host sync per step (the module checks the loss for non-finite values)
-    kl_dim = gaussian_kl_per_dim(mu, logvar, validate=False)  # (B, d)
+    return _neg_elbo(recon, mu, logvar, validate=False)
+
+
+def _neg_elbo(recon: Tensor, mu: Tensor, logvar: Tensor, *, validate: bool) -> dict[str, Tensor]:
+    """The terms :func:`elbo_terms` returns, from ``recon`` ``(B,)`` and q's ``mu``, ``logvar``
+    ``(B, d)`` (the KL in closed form, ``validate`` as :func:`~vae.kl.gaussian_kl_per_dim`'s)."""
+    kl_dim = gaussian_kl_per_dim(mu, logvar, validate=validate)  # (B, d)
     kl = kl_dim.sum(dim=-1)
     return {
         "recon": recon,
@@ -107,18 +113,8 @@ def iw_terms(
     z = vae.reparameterize(mu, logvar, n_samples=n_samples, eps=eps)  # (k, B, d)
     log_px_z = _log_px_z(vae, x, z)  # (k, B)
     log_w = log_px_z + _log_prior_over_q(mu, logvar, z)
-    kl_dim = gaussian_kl_per_dim(mu, logvar)  # (B, d)
-    kl = kl_dim.sum(dim=-1)
-    recon = -log_px_z[0]
-    return {
-        "iw": -(torch.logsumexp(log_w, dim=0) - math.log(n_samples)),
-        "recon": recon,
-        "kl": kl,
-        "kl_dim": kl_dim,
-        "loss": recon + kl,
-        "mu": mu,
-        "logvar": logvar,
-    }
+    iw = -(torch.logsumexp(log_w, dim=0) - math.log(n_samples))
+    return {"iw": iw, **_neg_elbo(-log_px_z[0], mu, logvar, validate=True)}
 
 
 @torch.no_grad()
@@ -174,7 +170,7 @@ def eval_noise(
     """
     cache = {} if cache is None else cache
     idx = index.cpu()
-    blocks = torch.div(idx, EVAL_NOISE_BLOCK, rounding_mode="floor")
+    blocks = idx // EVAL_NOISE_BLOCK
     out = torch.empty(len(idx), latent_dim)
     for block in blocks.unique().tolist():
         key = (split, block)
@@ -198,9 +194,7 @@ def iw_noise(index: Tensor, *, seed: int, latent_dim: int, start: int, stop: int
     samples × blocks, not images.
     """
     idx = index.cpu()
-    blocks, inverse = torch.div(idx, IW_NOISE_BLOCK, rounding_mode="floor").unique(
-        return_inverse=True
-    )
+    blocks, inverse = (idx // IW_NOISE_BLOCK).unique(return_inverse=True)  # floor: idx ≥ 0
     # row of each image in the blocks' draws stacked, (n_blocks · IW_NOISE_BLOCK, d)
     rows = inverse * IW_NOISE_BLOCK + idx % IW_NOISE_BLOCK  # (B,)
     out = torch.empty(stop - start, len(idx), latent_dim)

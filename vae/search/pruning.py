@@ -9,6 +9,8 @@ Outside a search (``trial_id`` null) the callback does nothing.
 
 from __future__ import annotations
 
+import functools
+
 import lightning as L
 import optuna
 
@@ -32,29 +34,24 @@ class OptunaPruning(L.Callback):
     ) -> None:
         self.pruner = pruner or optuna.pruners.NopPruner()
         self.storage, self.study_name, self.trial_id = storage, study_name, trial_id
-        self._trial: optuna.Trial | None = None
 
-    def _the_trial(self) -> optuna.Trial:
-        if self._trial is None:
-            study = optuna.load_study(
-                study_name=self.study_name, storage=self.storage, pruner=self.pruner
-            )
-            self._trial = optuna.Trial(study, int(self.trial_id))
-        return self._trial
+    @functools.cached_property
+    def _trial(self) -> optuna.Trial:
+        """The trial, loaded once (in the process that reports)."""
+        study = optuna.load_study(
+            study_name=self.study_name, storage=self.storage, pruner=self.pruner
+        )
+        return optuna.Trial(study, int(self.trial_id))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (
-            self.trial_id is None
-            or trainer.sanity_checking
-            or MONITOR not in trainer.callback_metrics
-        ):
+        metrics = trainer.callback_metrics
+        if self.trial_id is None or trainer.sanity_checking or MONITOR not in metrics:
             return
-        epoch, value = trainer.current_epoch, float(trainer.callback_metrics[MONITOR])
+        epoch, value = trainer.current_epoch, float(metrics[MONITOR])
         prune = False
         if trainer.is_global_zero:
-            trial = self._the_trial()
-            trial.report(value, step=epoch)
-            prune = trial.should_prune()
+            self._trial.report(value, step=epoch)
+            prune = self._trial.should_prune()
         if trainer.strategy.broadcast(prune, src=0):
             raise optuna.TrialPruned(
                 f"pruned after epoch {epoch + 1}: {MONITOR} {value:.2f} nats per image"

@@ -51,11 +51,8 @@ def override_text(value: Any) -> str:
 
 def _stored(value: Any) -> Any:
     """A choice as Optuna stores it: scalars as they are, lists and dicts as their override text."""
-    return (
-        value
-        if value is None or isinstance(value, (bool, int, float, str))
-        else override_text(value)
-    )
+    scalar = value is None or isinstance(value, (bool, int, float, str))
+    return value if scalar else override_text(value)
 
 
 @dataclass(frozen=True)
@@ -95,10 +92,9 @@ def _dimension(override: Override) -> Dimension:
         dist = kind(values[0], values[-1], step=sweep.step)
         return Dimension(key, dist, (values[0], values[-1]))
     if isinstance(sweep, IntervalSweep):
-        low, high = sweep.start, sweep.end
-        if "int" in tags:
-            low, high = int(low), int(high)
-        kind = IntDistribution if "int" in tags else FloatDistribution
+        # interval() gives float ends: int(...) tagged, else as they are
+        kind, cast = (IntDistribution, int) if "int" in tags else (FloatDistribution, float)
+        low, high = cast(sweep.start), cast(sweep.end)
         try:
             dist = kind(low, high, log="log" in tags)
         except ValueError as err:

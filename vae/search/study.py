@@ -83,10 +83,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
 def _outcome(job_return: Any, fallback_dir: str) -> Outcome:
     """The job's :class:`Outcome`; a job whose launch itself failed is a failed trial."""
     try:
-        outcome = job_return.return_value
+        return job_return.return_value
     except Exception as err:
-        outcome = Outcome("fail", fallback_dir, error=f"{type(err).__name__}: {err}")
-    return outcome
+        return Outcome("fail", fallback_dir, error=f"{type(err).__name__}: {err}")
 
 
 def _interrupted(study: optuna.Study, batch: Sequence[optuna.Trial]) -> None:
@@ -166,10 +165,9 @@ def search(
         load_if_exists=True,
     )
     reclaim_orphans(study)
-    done = _counted(study)
     log.info(
-        f"study {settings.study_name!r} in {settings.storage}: {done} of {settings.n_trials} "
-        f"trials so far, minimising val/loss (nats per image)"
+        f"study {settings.study_name!r} in {settings.storage}: {_counted(study)} of "
+        f"{settings.n_trials} trials so far, minimising val/loss (nats per image)"
     )
     while (left := settings.n_trials - _counted(study)) > 0:
         batch = [study.ask(space.distributions) for _ in range(min(settings.n_jobs, left))]
@@ -196,11 +194,8 @@ def _check_trial(job: DictConfig) -> None:
 
 def _resume_command(config: DictConfig, sweep_dir: Path) -> str:
     """The command that continues this search (the same overrides, the same sweep directory)."""
-    hydra = [
-        o
-        for o in config.hydra.overrides.hydra
-        if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))
-    ]
+    replaced = ("hydra.sweep.dir=", "hydra.mode=")
+    hydra = [o for o in config.hydra.overrides.hydra if not o.startswith(replaced)]
     args = [*config.hydra.overrides.task, *hydra, override("hydra.sweep.dir", sweep_dir)]
     return command("python train.py -m", [str(a) for a in args])
 
@@ -248,8 +243,6 @@ def run_sweep(
         return search(config, launcher, space, study_settings, sampler)
     except (KeyboardInterrupt, SystemExit) as stop:
         status = stop.code if isinstance(stop, SystemExit) else 130
-        print(
-            f"search interrupted; resume with: {_resume_command(config, study_settings.sweep_dir)}",
-            file=sys.stderr,
-        )
+        resume = _resume_command(config, study_settings.sweep_dir)
+        print(f"search interrupted; resume with: {resume}", file=sys.stderr)
         sys.exit(status)

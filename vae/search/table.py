@@ -33,9 +33,7 @@ def ranked(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+    return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
 
 
 def markdown_table(study: optuna.Study, *, sweep_dir: Path, rows: int | None = None) -> str:

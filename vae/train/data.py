@@ -330,6 +330,11 @@ def _count(key: str, size: int | float, n: int, *, pool: str) -> int:
     return count
 
 
+def _chunks(ds: IndexedTensorDataset) -> Iterator[torch.Tensor]:
+    """The split's images in order, :data:`CHUNK` at a time: ``(≤ CHUNK, C, H, W)`` each."""
+    return (ds.__getitems__(rows)[0] for rows in torch.arange(len(ds)).split(CHUNK))
+
+
 def _eval_dataset(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -346,10 +351,9 @@ def _eval_dataset(
     data_seed, split = seed
     generator = torch.Generator().manual_seed(derive_seed(("binarize", split, data_seed)))
     drawn = torch.empty((len(ds), *images.shape[1:]), dtype=torch.uint8, device=images.device)
-    for start in range(0, len(ds), CHUNK):  # the same draws as one call, never a float split
-        chunk = ds.__getitems__(range(start, min(start + CHUNK, len(ds))))[0]
+    for i, chunk in enumerate(_chunks(ds)):  # the same draws as one call, never a float split
         binary = to_float(chunk, binarize="dynamic", generator=generator)
-        drawn[start : start + len(chunk)] = binary.to(torch.uint8).mul_(255)
+        drawn[i * CHUNK : (i + 1) * CHUNK] = binary.to(torch.uint8).mul_(255)
     return IndexedTensorDataset(drawn, ds.labels)
 
 
@@ -582,8 +586,7 @@ class ImageDataModule(L.LightningDataModule):
         under ``static`` the fraction of images with the pixel on). Needs ``setup("fit")``."""
         ds = _require(self.train_dataset, "train")
         total = torch.zeros(ds.source_images.shape[1:], dtype=torch.int64)
-        for start in range(0, len(ds), CHUNK):  # an int64 copy of a split is large
-            chunk = ds.__getitems__(range(start, min(start + CHUNK, len(ds))))[0]
+        for chunk in _chunks(ds):  # an int64 copy of a split is large
             if self.config.binarize == "static":
                 chunk = chunk > 127  # as to_float thresholds
             total += chunk.sum(dim=0, dtype=torch.int64).cpu()  # (n, C, H, W) -> (C, H, W), exact

@@ -73,15 +73,12 @@ class Preemption(L.Callback):
                 signal.signal(signum, handler)
             self._previous.clear()
 
-    def _install(self) -> None:
+    def _install(self, *_: Any) -> None:
         for signum in SIGNALS:
             self._previous.setdefault(signum, signal.signal(signum, self._handler))
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install()  # again: Lightning registered its own SIGTERM handler since
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install()  # Lightning registered its handler again for trainer.test
+    # again when fit and test start: Lightning registered its own SIGTERM handler for each since
+    on_train_start = on_test_start = _install
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()  # Lightning registered its handler again for trainer.validate
@@ -105,22 +102,12 @@ class Preemption(L.Callback):
             stop = bool(flag.item())
         return stop
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
-    ) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         if self._stop_requested(trainer, pl_module):
             # Lightning raises SIGTERMException right after this batch, on every rank
             trainer._signal_connector.received_sigterm = True
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         # Lightning checks its flag in training only: a test (the IW bound can take minutes) would
         # run to its end while a scheduler waits to send SIGKILL. Nothing is trained here, so the
         # checkpoint fit wrote is what a resumed run tests (see on_exception).
@@ -128,17 +115,11 @@ class Preemption(L.Callback):
             raise SIGTERMException
 
     def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any
     ) -> None:
         # trainer.validate (a resumed run with nothing left to train): as the test
-        if trainer.state.fn == TrainerFn.VALIDATING and self._stop_requested(trainer, pl_module):
-            raise SIGTERMException
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self.on_test_batch_end(trainer, pl_module)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

@@ -12,7 +12,7 @@ import fcntl
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +111,18 @@ def _check_resume(config: DictConfig, run_dir: Path) -> None:
     ckpt = last if value == "last" else resolve_ckpt_path(value, run_dir)
     data = dict(OmegaConf.to_container(config.data, resolve=True))
     data.pop("_target_", None)
-    check_resumable(
-        ckpt,
-        OmegaConf.to_container(config.model, resolve=True),
-        OmegaConf.to_container(config.optim, resolve=True),
-        data=dataclasses.asdict(data_config(data)),
-        # the keys that set the schedule's plan (default_root_dir needs Hydra's run directory)
-        trainer_cfg={k: OmegaConf.select(config.trainer, k) for k in _PLAN_KEYS},
-    )
+    # the keys that set the schedule's plan (default_root_dir needs Hydra's run directory)
+    plan = {k: OmegaConf.select(config.trainer, k) for k in _PLAN_KEYS}
+    _check_resumable(config, ckpt, data=dataclasses.asdict(data_config(data)), trainer_cfg=plan)
+
+
+def _check_resumable(
+    cfg: DictConfig, ckpt: Path, *, data: Mapping[str, Any], trainer_cfg: Mapping[str, Any]
+) -> None:
+    """:func:`check_resumable` of ``ckpt`` against ``cfg.model`` and ``cfg.optim`` (validated
+    already: resolving them cannot fail), the data module's arguments and the ``trainer`` keys."""
+    model, optim = (OmegaConf.to_container(cfg[s], resolve=True) for s in ("model", "optim"))
+    check_resumable(ckpt, model, optim, data=data, trainer_cfg=trainer_cfg)
 
 
 #: the ``trainer`` keys :func:`vae.train.guards.check_schedule` reads
@@ -376,13 +380,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir).absolute()
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if ckpt_path is not None:
-        check_resumable(
-            ckpt_path,
-            OmegaConf.to_container(cfg.model, resolve=True),
-            OmegaConf.to_container(cfg.optim, resolve=True),
-            data=dict(datamodule.hparams),
-            trainer_cfg=OmegaConf.to_container(cfg.trainer, resolve=True),
-        )
+        trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+        _check_resumable(cfg, ckpt_path, data=dict(datamodule.hparams), trainer_cfg=trainer_cfg)
     _ensure_writable(output_dir)
     with run_lock(output_dir):  # no other live run writes here: leftovers of a kill -9 can go
         remove_stale_temp_files(output_dir / "checkpoints")
