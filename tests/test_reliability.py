@@ -53,36 +53,34 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(uninterrupted, tmp_pa
 def test_kill_9_in_the_middle_of_an_epoch_then_resume(uninterrupted, tmp_path: Path) -> None:
     """The real thing: a subprocess killed with SIGKILL, restarted with ckpt_path=.../last.ckpt."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), *RESUME_RUN, "data.download=false"]
-    cmd += [f"paths.output_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}"]
-    # slow the steps down so the kill lands inside an epoch, not after the run has finished
-    cmd += ["+callbacks.slow._target_=test_reliability.Sleep", "+callbacks.slow.seconds=0.2"]
-    env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if last.exists() and torch.load(last, weights_only=True)["global_step"] >= 8:
-            break
-        time.sleep(0.2)
-    time.sleep(0.7)  # a few steps into the next epoch
-    assert proc.poll() is None, f"finished before the kill: {proc.stderr.read().decode()[-2000:]}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (run_dir / "metrics.json").exists()
-    resume = [*cmd[:-2], f"ckpt_path={last}"]
-    done = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    resumed = run_metrics(run_dir)
+    cmd, env, last = _slowed_run(tmp_path, run_dir)
+    _start_and_kill_9(cmd, env, last, after=8)
+    resumed = _resume_to_the_end(cmd, env, last, run_dir)
     for key in RESUME_METRICS:
         assert abs(resumed[key] - uninterrupted[key]) <= 1e-4, (
             key,
             resumed[key],
             uninterrupted[key],
         )
+
+
+def _slowed_run(tmp_path: Path, run_dir: Path) -> tuple[list[str], dict[str, str], Path]:
+    """The ``train.py`` command of the resume runs into ``run_dir``, its environment and its
+    ``last.ckpt``; each step slowed down so a kill lands inside an epoch, not after the run."""
+    cmd = [sys.executable, str(ROOT / "train.py"), *RESUME_RUN, "data.download=false"]
+    cmd += [f"paths.output_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    cmd += ["+callbacks.slow._target_=test_reliability.Sleep", "+callbacks.slow.seconds=0.2"]
+    env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
+    return cmd, env, run_dir / "checkpoints" / "last.ckpt"
+
+
+def _resume_to_the_end(cmd: list[str], env: dict[str, str], last: Path, run_dir: Path) -> dict:
+    """Resume the killed run from ``last`` (without the slowing callback) to its end: its metrics."""
+    assert not (run_dir / "metrics.json").exists()
+    resume = [*cmd[:-2], f"ckpt_path={last}"]
+    done = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_metrics(run_dir)
 
 
 def _start_and_kill_9(cmd: list[str], env: dict[str, str], last: Path, after: int) -> None:
@@ -110,20 +108,12 @@ def test_kill_9_twice_then_resume_equals_an_uninterrupted_run(
     again: the final metrics equal an uninterrupted run's to the last bit (each resume starts from
     the epoch-end ``last.ckpt``: weights, optimiser, schedule, RNG states, data order)."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), *RESUME_RUN, "data.download=false"]
-    cmd += [f"paths.output_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}"]
-    cmd += ["+callbacks.slow._target_=test_reliability.Sleep", "+callbacks.slow.seconds=0.2"]
-    env = os.environ | {"PYTHONPATH": str(ROOT / "tests")}
-    last = run_dir / "checkpoints" / "last.ckpt"
+    cmd, env, last = _slowed_run(tmp_path, run_dir)
     _start_and_kill_9(cmd, env, last, after=8)
     assert torch.load(last, weights_only=True)["global_step"] == 8
     _start_and_kill_9([*cmd, f"ckpt_path={last}"], env, last, after=16)
     assert torch.load(last, weights_only=True)["global_step"] == 16
-    assert not (run_dir / "metrics.json").exists()
-    resume = [*cmd[:-2], f"ckpt_path={last}"]
-    done = subprocess.run(resume, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    resumed = run_metrics(run_dir)
+    resumed = _resume_to_the_end(cmd, env, last, run_dir)
     for key in RESUME_METRICS:
         assert resumed[key] == uninterrupted[key], (key, resumed[key], uninterrupted[key])
 
