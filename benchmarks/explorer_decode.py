@@ -33,10 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vae.train.data import MNISTDataModule  # noqa: E402
 from vae.train.files import atomic_file, write_atomic  # noqa: E402
 from vae.train.module import VAEModule  # noqa: E402
 from vae.viz import explore  # noqa: E402
+from vae.viz.figures import test_data  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -135,11 +135,11 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     if args.checkpoint:
-        module, hparams, metrics = explore._load_run(args.checkpoint)
+        module, checkpoint, metrics = explore._load_run(args.checkpoint)
     else:
-        module, hparams, metrics = _default_module(), {}, {}
-    dm = MNISTDataModule(**(dict(hparams) | {"download": False}))
-    dm.setup("test")
+        module, checkpoint, metrics = _default_module(), {}, {}
+    dm = test_data(checkpoint, None, prog=sys.argv[0])
+    hparams = checkpoint.get("datamodule_hyper_parameters")
     ds = dm.test_dataset
     images = dm.to_float(ds.images)
     pages = {}

@@ -1048,6 +1048,10 @@ MODEL_KEYS = ", ".join(sorted(f.name for f in dataclasses.fields(ModelConfig)))
             "callbacks.visualize.grid_size=0",
             "error: callbacks.visualize.grid_size=0: expected an integer ≥ 1",
         ),
+        (  # was Hydra's InstantiationException, after the run directory was made
+            "callbacks.explorer.precision=int8",
+            "error: callbacks.explorer.precision='int8': expected one of float16, float32",
+        ),
         (
             "ckpt_path=''",
             "error: ckpt_path='': expected null (a new run), last (the run directory's "

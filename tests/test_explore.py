@@ -801,9 +801,11 @@ def test_callback_rewrites_only_the_numbers_while_the_weights_are_the_same(tmp_p
 
 
 def _explore_cli(sums: dict, *args: str) -> list[str]:
-    """``python -m vae.explore <args>`` with the fake data's checksums patched in (a subprocess)."""
+    """``python -m vae.explore <args>`` with the fake data's checksums patched in (a subprocess),
+    reading the run's own fake data: ``$VAE_DATA_DIR``, which the viewers prefer for MNIST, unset."""
     script = (
-        "import sys; from vae.train import data; data.SHA256['mnist'] = " + repr(sums) + "; "
+        "import os, sys; os.environ.pop('VAE_DATA_DIR', None); from vae.train import data; "
+        "data.SHA256['mnist'] = " + repr(sums) + "; "
         "from vae.viz.explore import main; sys.exit(main(sys.argv[1:]))"
     )
     return [sys.executable, "-c", script, *args]
@@ -954,6 +956,36 @@ def test_cli_missing_data_names_the_flag(
     assert not out.exists()
 
 
+def test_cli_reads_mnist_from_vae_data_dir_as_visualize_does(
+    tiny_run: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Both viewers load a checkpoint's test split the same way: ``$VAE_DATA_DIR`` (when set, for
+    MNIST) before the root the run recorded; an empty one is the one line naming it, a copy of the
+    data there makes the page."""
+    import shutil
+
+    from vae.train import data
+
+    run_dir, sums = tiny_run
+    monkeypatch.setitem(data.SHA256, "mnist", sums)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    monkeypatch.setenv("VAE_DATA_DIR", str(moved))
+    out = tmp_path / "page.html"
+    assert explore.main([str(run_dir), "--out", str(out), "--max-points", "20"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: "), err
+    assert str(moved) in err[0], err
+    assert not out.exists()
+    recorded = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    shutil.copytree(
+        Path(recorded["datamodule_hyper_parameters"]["root"]) / "MNIST", moved / "MNIST"
+    )
+    assert explore.main([str(run_dir), "--out", str(out), "--max-points", "20"]) == 0
+    assert _payload(out.read_text())["points"]["n"] == 20
+
+
 def test_cli_full_disk_while_writing_the_page_is_one_line_and_keeps_the_old_page(
     tiny_run: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -963,6 +995,9 @@ def test_cli_full_disk_while_writing_the_page_is_one_line_and_keeps_the_old_page
 
     run_dir, sums = tiny_run
     monkeypatch.setitem(data.SHA256, "mnist", sums)
+    monkeypatch.delenv(
+        "VAE_DATA_DIR", raising=False
+    )  # the run's own fake data, not $VAE_DATA_DIR's
     out = tmp_path / "page.html"
     out.write_text("the previous page")
     real_write = os.write

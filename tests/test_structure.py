@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra.utils
 import pytest
 import torch
 from conftest import CONFIG_DIR, ROOT, compose_config
@@ -252,10 +253,19 @@ def test_one_seed_function_keeps_the_streams_it_replaced() -> None:
     assert torch.equal(module.eval_noise(index, "val"), expected[[7, 0]])
 
 
-def test_the_visualize_yaml_lists_the_figure_option_defaults(tmp_path: Path) -> None:
-    cfg = OmegaConf.to_container(compose_config(output_dir=tmp_path).callbacks.visualize)
+def test_the_figure_options_reach_the_callback_from_their_one_declaration(tmp_path: Path) -> None:
+    """``callbacks.visualize`` gets FigureOptions' defaults from the ConfigStore (the YAML lists
+    none of them), an override on the command line reaches the callback, and ``callbacks=none``
+    leaves no figure keys behind."""
+    yaml = OmegaConf.load(CONFIG_DIR / "callbacks" / "default.yaml").visualize
     options = {f.name: f.default for f in dataclasses.fields(FigureOptions)}
-    assert {k: cfg[k] for k in options} == options
+    assert not set(options) & set(yaml)
+    cfg = compose_config(["callbacks.visualize.grid_size=7"], output_dir=tmp_path)
+    visualize = OmegaConf.to_container(cfg.callbacks.visualize)
+    assert {k: visualize[k] for k in options} == options | {"grid_size": 7}
+    callback = hydra.utils.instantiate(cfg.callbacks.visualize)
+    assert callback.options == FigureOptions(grid_size=7)
+    assert "visualize" not in compose_config(["callbacks=none"], output_dir=tmp_path).callbacks
 
 
 def test_a_module_refuses_an_unknown_or_bad_key() -> None:

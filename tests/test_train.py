@@ -274,20 +274,28 @@ def test_relative_paths_are_recorded_absolute(
     assert ckpt["datamodule_hyper_parameters"]["root"] == str(start / "data")
 
 
-def test_metrics_json_records_the_commit_the_run_started_from(
+def test_the_run_records_the_commit_it_started_from(
     make_cfg, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A commit (or checkout) while the run trains changes the repository, not the code that ran:
-    metrics.json names the git state of the start. The state is asked once at the start and again
-    (as before the fix) at the end; the two answers differ here as a mid-run commit makes them."""
+    metrics.json and explorer.html name the git state of the start. Each asks once at the start
+    and again (as before the fix) at the end; the answers differ here as a mid-run commit makes them."""
     import vae.train.environment as environment
     import vae.train.summary as summary
+    import vae.viz.callbacks as viz_callbacks
 
-    states = iter([{"commit": "start", "describe": "start", "dirty": False}])
-    end = {"commit": "end", "describe": "end", "dirty": False}
-    monkeypatch.setattr(summary, "git_state", lambda *a, **k: next(states, end))
+    start = {"commit": "start", "describe": "start-describe", "dirty": False}
+    end = {"commit": "end", "describe": "end-describe", "dirty": False}
+    for where in (summary, viz_callbacks):
+        states = iter([start])
+        monkeypatch.setattr(
+            where, "git_state", lambda *a, s=states, **k: next(s, end), raising=False
+        )
     monkeypatch.setattr(environment, "git_state", lambda *a, **k: end)
-    cfg = make_cfg()
+    cfg = make_cfg("callbacks.explorer.enabled=true")
     train(cfg)
     recorded = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert recorded["environment"]["git"]["commit"] == "start"
+    page = (Path(cfg.paths.output_dir) / "explorer.html").read_text()
+    assert "vae start-describe" in page
+    assert "end-describe" not in page

@@ -35,6 +35,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.projector import projector_config_pb2
 from torch import Tensor
 
+from vae.errors import ConfigError
 from vae.train.data import MNISTDataModule
 from vae.train.environment import format_environment
 from vae.train.module import VAEModule
@@ -849,8 +850,15 @@ def test_auto_cadence_keeps_drawing_within_its_share_of_the_fit(
 def test_every_n_epochs_takes_auto_or_a_count() -> None:
     assert LatentVisualizer().every_n_epochs == "auto"
     for bad in (-1, "sometimes", 1.5):
-        with pytest.raises(ValueError, match="every_n_epochs must be auto or ≥ 0"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^callbacks\.visualize\.every_n_epochs={bad!r}: expected auto or an integer ≥ 0$",
+        ):
             LatentVisualizer(every_n_epochs=bad)
+    with pytest.raises(
+        ConfigError, match=r"^callbacks\.visualize\.grid_size=0: expected an integer ≥ 1$"
+    ):
+        LatentVisualizer(grid_size=0)
 
 
 def test_only_global_rank_zero_draws_or_writes(tmp_path: Path) -> None:

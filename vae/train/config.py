@@ -5,7 +5,7 @@ what is allowed, e.g. ``model.latent_dim=0: expected an integer ≥ 1``. Each ke
 declared beside what it configures: the ``model`` / ``optim`` / ``eval`` fields in
 :mod:`vae.core.config`, the ``data`` keys in :class:`vae.train.data_config.DataConfig` (the data
 module applies the same rules when it is built), the figure options in
-:class:`vae.viz.figures.FigureOptions`, the few top-level, ``paths`` and ``trainer`` keys below. A
+:class:`vae.train.figure_config.FigureOptions`, the few top-level, ``paths`` and ``trainer`` keys below. A
 key that does not exist (``+model.latnet_dim=3``) is refused with the closest valid name: the keys
 of a section are its dataclass's fields, or the arguments of the class its ``_target_`` names.
 ``vae.train.run.CheckRunDir`` runs these checks before Hydra creates the run directory, for every
@@ -41,22 +41,26 @@ from vae.rules import (
     refuse_unknown,
 )
 from vae.train.data_config import DataConfig
+from vae.train.figure_config import FigureOptions
 
 __all__ = ["DEFAULTS", "RULES", "ConfigError", "UserError", "register_defaults", "validate_config"]
 
-#: the name under which Hydra finds the dataclasses' defaults (first in configs/train.yaml's list)
-DEFAULTS = "vae_defaults"
+#: the names under which Hydra finds the dataclasses' defaults: the first entry of
+#: configs/train.yaml's defaults list, and the first of configs/callbacks/default.yaml's
+DEFAULTS, FIGURE_DEFAULTS = "vae_defaults", "vae_figure_defaults"
 
 
 def register_defaults() -> None:
     """Store the ``model`` / ``optim`` / ``eval`` defaults of :mod:`vae.core.config` and the
     ``data`` defaults of :class:`vae.train.data_config.DataConfig` in Hydra's ConfigStore as
-    :data:`DEFAULTS`, the first entry of ``configs/train.yaml``'s defaults list, so the YAML lists
-    only what differs. Plain (untyped) nodes: a wrong value reaches :func:`validate_config`'s one
-    line, not an OmegaConf type error. Runs on import."""
+    :data:`DEFAULTS`, and the figure options of :class:`vae.train.figure_config.FigureOptions` as
+    :data:`FIGURE_DEFAULTS` (``callbacks.visualize`` includes them), so the YAML lists only what
+    differs. Plain (untyped) nodes: a wrong value reaches :func:`validate_config`'s one line, not an
+    OmegaConf type error. Runs on import."""
     node = {section: hparams.as_dict(cls()) for section, cls in hparams.SECTIONS.items()}
     node["data"] = dataclasses.asdict(DataConfig())
     ConfigStore.instance().store(name=DEFAULTS, node=node)
+    ConfigStore.instance().store(name=FIGURE_DEFAULTS, node=dataclasses.asdict(FigureOptions()))
 
 
 register_defaults()

@@ -24,8 +24,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from vae.rules import Rule, int_at_least, one_of, optional
-from vae.train.environment import collect_environment
+from vae.rules import Rule, boolean, check, int_at_least, one_of, optional
+from vae.train.environment import collect_environment, git_state
 from vae.viz import explore
 from vae.viz import figures as visualize
 
@@ -55,7 +55,7 @@ class LatentVisualizer(L.Callback):
         projector: write the TensorBoard embedding projector (test-set posterior means, digit
             labels as metadata, a sprite of the images) at the end of training.
         projector_points: how many test images go into the projector (``None`` = all).
-        figure_options: the fields of :class:`vae.viz.figures.FigureOptions` (grid size, number of
+        figure_options: the fields of :class:`vae.train.figure_config.FigureOptions` (grid size, number of
             points, samples, ...).
     """
 
@@ -79,15 +79,14 @@ class LatentVisualizer(L.Callback):
         **figure_options: Any,
     ) -> None:
         super().__init__()
-        if not self.CONFIG_RULES["every_n_epochs"][0](every_n_epochs):
-            raise ValueError(
-                f"callbacks.visualize.every_n_epochs must be auto or ≥ 0, got {every_n_epochs!r}"
-            )
+        self.options = visualize.FigureOptions(**figure_options)
+        values = {"every_n_epochs": every_n_epochs, "projector_points": projector_points}
+        for key, value in (values | dataclasses.asdict(self.options)).items():
+            check(f"callbacks.visualize.{key}", value, self.CONFIG_RULES[key])
         self.every_n_epochs = every_n_epochs
         self.png_dir = png_dir
         self.projector = projector
         self.projector_points = projector_points
-        self.options = visualize.FigureOptions(**figure_options)
         self._logged_step: int | None = None  # global_step of the last images/ logged this fit
         # every_n_epochs="auto": when this fit started, seconds spent drawing, the last draw's cost
         self._fit_start = self._spent = self._last_draw = 0.0
@@ -197,6 +196,13 @@ class ExplorerWriter(L.Callback):
         max_points: test images shown on the plane (``None`` = all).
     """
 
+    #: what each key of ``callbacks.explorer`` allows (read by :func:`vae.train.config.validate_config`)
+    CONFIG_RULES: ClassVar[dict[str, Rule]] = {
+        "enabled": boolean(),
+        "precision": one_of(explore.PRECISIONS),
+        "max_points": optional(int_at_least(2)),
+    }
+
     def __init__(
         self,
         *,
@@ -206,18 +212,15 @@ class ExplorerWriter(L.Callback):
         max_points: int | None = None,
     ) -> None:
         super().__init__()
-        if precision not in explore.PRECISIONS:
-            raise ValueError(
-                f"callbacks.explorer.precision={precision!r} is not one of "
-                f"{', '.join(explore.PRECISIONS)}"
-            )
-        if max_points is not None and max_points < 2:
-            raise ValueError(f"callbacks.explorer.max_points must be ≥ 2, got {max_points}")
+        values = {"enabled": enabled, "precision": precision, "max_points": max_points}
+        for key, value in values.items():
+            check(f"callbacks.explorer.{key}", value, self.CONFIG_RULES[key])
         self.enabled = bool(enabled)
         self.path = path
         self.precision = precision
         self.max_points = max_points
         self.seconds = 0.0  # time spent writing pages in this process (reported in the README)
+        self.git = git_state()  # built as the run starts: the code that trains, as in metrics.json
         # (weights fingerprint, page payload) of the last page: the test-end page reuses the
         # fit-end one when the weights are the same, and only its numbers change
         self._cache: tuple[str, dict[str, Any]] | None = None
@@ -248,7 +251,7 @@ class ExplorerWriter(L.Callback):
             payload["metrics"] = explore.metric_rows(metrics)
         else:
             environment = collect_environment(
-                device=trainer.strategy.root_device, precision=str(trainer.precision)
+                device=trainer.strategy.root_device, precision=str(trainer.precision), git=self.git
             )
             payload = explore.page_payload(
                 module,

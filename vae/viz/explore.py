@@ -42,13 +42,12 @@ from urllib.parse import quote
 import torch
 from torch import Tensor, nn
 
-from vae.core.networks import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae.core.networks import ACTIVATIONS
 from vae.errors import ConfigError, ExplorerError
 from vae.kl import gaussian_kl_per_dim
 from vae.rules import positive_int_arg
 from vae.train.boundary import error_line
 from vae.train.checkpointing import load_checkpoint
-from vae.train.data import ImageDataModule
 from vae.train.environment import format_environment
 from vae.train.files import write_atomic
 from vae.train.module import VAEModule
@@ -193,27 +192,14 @@ def model_payload(
     enc, dec = vae.encoder, vae.decoder
     shape = tuple(int(s) for s in module.image_shape)
     blob = _Blob()
-    if isinstance(enc, MLPEncoder):
-        enc_layers = [*_named("encoder.body", enc.body)]
-    elif isinstance(enc, ConvEncoder):
+    if module.model_config.architecture == "conv":  # else mlp (vae.core.networks)
         enc_layers = [*_named("encoder.conv", enc.conv), *_named("encoder.body", enc.body)]
-    else:
-        raise ExplorerError(f"no page for the encoder {type(enc).__name__}")
-    enc_layers.append(("encoder.head.proj", enc.head.proj))
-    if isinstance(dec, MLPDecoder):
-        dec_layers, start = _named("decoder.net", dec.net), shape
-    elif isinstance(dec, ConvDecoder):
         dec_layers = [*_named("decoder.body", dec.body), *_named("decoder.deconv", dec.deconv)]
         start = dec.start_shape
     else:
-        raise ExplorerError(f"no page for the decoder {type(dec).__name__}")
-    likelihood = {
-        "BernoulliLikelihood": "bernoulli",
-        "ContinuousBernoulliLikelihood": "continuous_bernoulli",
-        "GaussianLikelihood": "gaussian",
-    }.get(type(vae.likelihood).__name__)
-    if likelihood is None:
-        raise ExplorerError(f"no page for the likelihood {type(vae.likelihood).__name__}")
+        enc_layers, start = _named("encoder.body", enc.body), shape
+        dec_layers = _named("decoder.net", dec.net)
+    enc_layers.append(("encoder.head.proj", enc.head.proj))
     dtype = next(module.parameters()).dtype
     with visualize.eval_mode(module):
         x = torch.zeros(1, *shape, dtype=dtype, device=module.device)
@@ -228,7 +214,7 @@ def model_payload(
         "weights": {"dtype": precision, "gzip": False, "base64": _b64(vector.numpy().tobytes())},
         "latent_dim": int(module.latent_dim),
         "image_shape": list(shape),
-        "likelihood": likelihood,
+        "likelihood": module.model_config.likelihood,  # model.js has each of LIKELIHOODS
         "logvar_bound": float(enc.head.logvar_bound),
         # ContinuousBernoulli clamps λ to [eps, 1 − eps] of the model's dtype (clamp_probs)
         "prob_eps": float(torch.finfo(dtype).eps),
@@ -456,20 +442,16 @@ def weights_fingerprint(module: Any) -> str:
 
 # ---- reading a run -------------------------------------------------------------------------------
 def _load_run(target: Path) -> tuple[Any, dict[str, Any], dict[str, float]]:
-    """(module on the CPU, the data module's hyper-parameters, test metrics) of a run directory or
-    a checkpoint; all checkpoint reading of this module is here.
+    """(module on the CPU, the checkpoint, test metrics) of a run directory or a checkpoint; all
+    checkpoint reading of this module is here.
 
     The metrics come from the run directory's ``metrics.json`` (``{"metrics": {...}}``) when
     there is one beside ``checkpoints/``; otherwise they are empty.
     """
     ckpt = visualize._resolve_checkpoint(target)
     checkpoint = load_checkpoint(ckpt)  # the one loader: data only, every field checked
-    hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-    # what the data module recorded (a folder's fingerprint), kept with the settings under a key
-    # that is no data setting
-    hparams["_recorded"] = checkpoint.get(ImageDataModule.__qualname__, {})
     module = VAEModule.from_checkpoint(checkpoint)
-    return module, hparams, read_metrics(visualize.run_dir_of(ckpt))
+    return module, checkpoint, read_metrics(visualize.run_dir_of(ckpt))
 
 
 def read_metrics(run_dir: Path) -> dict[str, float]:
@@ -569,7 +551,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help=f"output file (default: <run dir>/{FILENAME})")
     parser.add_argument(
         "--data-root",
-        help="folder holding MNIST/raw, or the folder of images (default: the run's data.root)",
+        help="folder holding MNIST/raw, or the folder of images (default: $VAE_DATA_DIR if set "
+        "and the run used MNIST, else the run's data.root)",
     )
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
     parser.add_argument(
@@ -589,16 +572,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _write_explorer(args: argparse.Namespace) -> Path:
     """Build the page of ``args.target`` and write it; returns its path."""
-    module, hparams, metrics = _load_run(args.target)
+    module, checkpoint, metrics = _load_run(args.target)
     run_dir = visualize.run_dir_of(args.target)  # the page's default folder
-    root = {"root": args.data_root} if args.data_root else {}
-    recorded = hparams.pop("_recorded")
-    dm = ImageDataModule(**(dict(hparams) | {"download": False} | root))
-    dm.load_state_dict(recorded)
-    dm.hints = visualize.cli_hints("python -m vae.explore", env_var=False)
-    dm.setup("test")
-    if note := dm.changed_since_training():
-        print(note, file=sys.stderr)
+    dm = visualize.test_data(checkpoint, args.data_root, prog="python -m vae.explore")
+    hparams = checkpoint.get("datamodule_hyper_parameters")
     ds = dm.test_dataset
     payload = page_payload(
         module,

@@ -36,7 +36,6 @@ import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,50 +48,17 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from vae.errors import CheckpointError, ConfigError
-from vae.rules import Rule, int_at_least, one_of, optional, positive_int_arg
 from vae.train.boundary import Writes, error_line
 from vae.train.checkpointing import load_checkpoint
 from vae.train.data import DataHints, ImageDataModule
 from vae.train.environment import format_environment
+from vae.train.figure_config import FigureOptions
 from vae.train.files import atomic_file, read_own, write_atomic
 from vae.train.module import VAEModule
 from vae.viz import plots
 
 PROJECTOR_MIN_DIMS = 3
 FIGURES = ("latent_space", "manifold", "reconstructions", "samples", "interpolation")
-PROJECTIONS = ("pca", "axes")
-
-
-def _field(default: Any, rule: Rule, *, help: str, **flag: Any) -> Any:
-    """A :class:`FigureOptions` field: its rule, its flag's help and argparse arguments (``flag``,
-    by default ``type=positive_int_arg``)."""
-    flag = flag or {"type": positive_int_arg}
-    return field(default=default, metadata={"rule": rule, "help": help, "flag": flag})
-
-
-@dataclass(frozen=True)
-class FigureOptions:
-    """What :func:`render_figures` draws: declared once (defaults and rules), read by the callback
-    (``callbacks.visualize.*``, whose YAML lists these defaults, checked by
-    :func:`vae.train.config.validate_config`) and the command line's flags."""
-
-    grid_size: int = _field(20, int_at_least(1), help="manifold.png is n × n decoded images")
-    max_points: int | None = _field(
-        None,
-        optional(int_at_least(1)),
-        help="test points in the scatter plot (default: every test image)",
-    )
-    n_samples: int = _field(64, int_at_least(1), help="images decoded from z ~ N(0, I)")
-    n_reconstructions: int = _field(32, int_at_least(1), help="test images and reconstructions")
-    interpolation_steps: int = _field(10, int_at_least(2), help="images per interpolation row")
-    projection: str = _field(
-        "pca",
-        one_of(PROJECTIONS),
-        help="latent_dim > 2: the plane shown, pca (first two principal axes) or axes (the first "
-        "two latent coordinates)",
-        choices=PROJECTIONS,
-    )
-    seed: int = _field(0, int_at_least(0), help="seed of the samples and the picks", type=int)
 
 
 @contextlib.contextmanager
@@ -337,24 +303,19 @@ def write_pngs(figures: dict[str, Figure | Tensor], directory: str | Path) -> li
 
 
 # ---- command line --------------------------------------------------------------------------------
-def cli_hints(prog: str, *, env_var: bool) -> DataHints:
-    """How the data errors of the command line ``prog`` spell the fixes: its ``--data-root``
-    (and ``VAE_DATA_DIR`` when ``env_var``), and that it never downloads (vae.train.data's default
-    names train.py's config keys, which such a command does not have)."""
-    also = " (or set VAE_DATA_DIR)" if env_var else ""
+def cli_hints(prog: str) -> DataHints:
+    """How the data errors of the command line ``prog`` spell the fixes: its ``--data-root`` or
+    ``VAE_DATA_DIR``, and that it never downloads (vae.train.data's default names train.py's config
+    keys, which such a command does not have)."""
     return DataHints(
         not_fetched=f"{prog} does not download",
         fetch="download them from {mirrors} (python train.py data.download=true does, before "
         "training)",
         refetch=f"replace it with the published file ({prog} does not download)",
-        root=f"pass --data-root DIR{also} for a directory DIR holding {{raw}}",
+        root="pass --data-root DIR (or set VAE_DATA_DIR) for a directory DIR holding {raw}",
         folder="pass --data-root DIR for the folder of images the model was trained on (where it "
         "is now, if it moved)",
     )
-
-
-#: the data hints of ``python -m vae.visualize``
-CLI_HINTS = cli_hints("python -m vae.visualize", env_var=True)
 
 
 def _resolve_checkpoint(target: Path) -> Path:
@@ -430,17 +391,22 @@ def _check_finite(module: Any, ckpt: Path) -> None:
         )
 
 
-def _data_module(checkpoint: dict[str, Any], data_root: str | None) -> ImageDataModule:
-    """The checkpoint's data module, never downloading; its root is ``data_root`` if given, else
-    (MNIST and Fashion-MNIST only: not a folder of images) ``$VAE_DATA_DIR`` if set. It keeps what
-    the checkpoint recorded (a folder's fingerprint) for :meth:`~ImageDataModule.changed_since_training`."""
+def test_data(checkpoint: dict[str, Any], data_root: str | None, *, prog: str) -> ImageDataModule:
+    """The checkpoint's data module with its test split loaded, never downloading, for the viewer
+    ``prog`` (``python -m vae.visualize`` or ``python -m vae.explore``). Its root is ``data_root``
+    if given, else (MNIST and Fashion-MNIST only: not a folder of images) ``$VAE_DATA_DIR`` if set.
+    It keeps what the checkpoint recorded (a folder's fingerprint) and prints, on stderr, what
+    :meth:`~ImageDataModule.changed_since_training` finds."""
     hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     is_folder = hparams.get("dataset") == "folder"
     root = data_root or (None if is_folder else os.environ.get("VAE_DATA_DIR"))
     overrides = {"download": False} | ({"root": root} if root else {})
     dm = ImageDataModule(**(hparams | overrides))
     dm.load_state_dict(checkpoint.get(ImageDataModule.__qualname__, {}))
-    dm.hints = CLI_HINTS
+    dm.hints = cli_hints(prog)
+    dm.setup("test")
+    if note := dm.changed_since_training():
+        print(note, file=sys.stderr)
     return dm
 
 
@@ -482,10 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint = load_checkpoint(ckpt, map_location=device)  # the one loader, read once
         module = VAEModule.from_checkpoint(checkpoint)
         _check_finite(module, ckpt)
-        dm = _data_module(checkpoint, args.data_root)
-        dm.setup("test")
-        if note := dm.changed_since_training():
-            print(note, file=sys.stderr)
+        dm = test_data(checkpoint, args.data_root, prog="python -m vae.visualize")
         ds = dm.test_dataset
         options = FigureOptions(
             **{f.name: getattr(args, f.name) for f in dataclasses.fields(FigureOptions)}
