@@ -117,7 +117,12 @@ def plot(results: dict[str, dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = {"before": "tab:grey", "new": "tab:blue", "batch1024": "tab:green", "canonical": "tab:orange"}
+    colours = {
+        "before": "tab:grey",
+        "new": "tab:blue",
+        "batch1024": "tab:green",
+        "canonical": "tab:orange",
+    }
     for _key, r in sorted(results.items()):
         t, v = zip(*r["val_curve"], strict=True) if r["val_curve"] else ((), ())
         label = (
