@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from vae.train.files import atomic_file, write_atomic  # noqa: E402
 from vae.train.module import VAEModule  # noqa: E402
 from vae.viz import explore  # noqa: E402
-from vae.viz.figures import test_data  # noqa: E402
+from vae.viz.figures import load_test_split  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -138,7 +138,7 @@ def main() -> int:
         module, checkpoint, metrics = explore._load_run(args.checkpoint)
     else:
         module, checkpoint, metrics = _default_module(), {}, {}
-    dm = test_data(checkpoint, None, prog=sys.argv[0])
+    dm = load_test_split(checkpoint, None, prog=sys.argv[0])
     hparams = checkpoint.get("datamodule_hyper_parameters")
     ds = dm.test_dataset
     images = dm.to_float(ds.images)

@@ -574,7 +574,7 @@ def _write_explorer(args: argparse.Namespace) -> Path:
     """Build the page of ``args.target`` and write it; returns its path."""
     module, checkpoint, metrics = _load_run(args.target)
     run_dir = visualize.run_dir_of(args.target)  # the page's default folder
-    dm = visualize.test_data(checkpoint, args.data_root, prog="python -m vae.explore")
+    dm = visualize.load_test_split(checkpoint, args.data_root, prog="python -m vae.explore")
     hparams = checkpoint.get("datamodule_hyper_parameters")
     ds = dm.test_dataset
     payload = page_payload(

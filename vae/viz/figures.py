@@ -391,7 +391,9 @@ def _check_finite(module: Any, ckpt: Path) -> None:
         )
 
 
-def test_data(checkpoint: dict[str, Any], data_root: str | None, *, prog: str) -> ImageDataModule:
+def load_test_split(
+    checkpoint: dict[str, Any], data_root: str | None, *, prog: str
+) -> ImageDataModule:
     """The checkpoint's data module with its test split loaded, never downloading, for the viewer
     ``prog`` (``python -m vae.visualize`` or ``python -m vae.explore``). Its root is ``data_root``
     if given, else (MNIST and Fashion-MNIST only: not a folder of images) ``$VAE_DATA_DIR`` if set.
@@ -448,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint = load_checkpoint(ckpt, map_location=device)  # the one loader, read once
         module = VAEModule.from_checkpoint(checkpoint)
         _check_finite(module, ckpt)
-        dm = test_data(checkpoint, args.data_root, prog="python -m vae.visualize")
+        dm = load_test_split(checkpoint, args.data_root, prog="python -m vae.visualize")
         ds = dm.test_dataset
         options = FigureOptions(
             **{f.name: getattr(args, f.name) for f in dataclasses.fields(FigureOptions)}
